@@ -1,0 +1,21 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from checkpoints import make_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``(folder, torch_model)`` of a tiny random CLIP checkpoint with hub-style buffers."""
+    folder = str(tmp_path_factory.mktemp("tiny_clip"))
+    return folder, make_checkpoint(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_checkpoint):
+    import jaxseg
+    return jaxseg.load_clip(tiny_checkpoint[0])
