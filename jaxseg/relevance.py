@@ -21,14 +21,16 @@ How it stays as cheap as one forward pass:
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.models.clip import CLIPModel, model_for
+from jaxseg import tta as tta_lib
 from jaxseg.models.config import CLIPConfig
+from jaxseg.tta import TTAConfig
 
 Params = Any
 
@@ -180,6 +182,111 @@ def class_embeddings(clip, labels, templates) -> np.ndarray:
         return np.zeros((0, clip.config.projection_dim), np.float32)
     prompts = [template.format(label) for label in labels for template in templates]
     embeds = np.asarray(clip.encode_prompts(prompts), np.float32)
-    embeds /= np.linalg.norm(embeds, axis=-1, keepdims=True)
+    embeds = embeds / np.linalg.norm(embeds, axis=-1, keepdims=True)
     mean = embeds.reshape(len(labels), len(templates), -1).mean(axis=1)
     return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+
+
+def class_bucket(num_classes: int) -> int:
+    """Padded class count: the next power of two, so K does not recompile per image."""
+    return 1 << max(0, num_classes - 1).bit_length()
+
+
+def tta_relevance_program(params: Params, canvases: jax.Array, content_hw: jax.Array,
+                          text_embeds: jax.Array, class_mask: jax.Array, *, config: CLIPConfig,
+                          dtype, tta: TTAConfig, start_layer: int, softmax: bool):
+    """Pure TTA relevance for a batch of canvases: crop, relevance, warp back, in one program.
+
+    Args:
+      params: CLIP parameters.
+      canvases: uint8 ``[I, C, C, 3]`` from ``tta.prepare_canvas``.
+      content_hw: int32 ``[I, 2]`` content sizes on the canvases.
+      text_embeds: ``[I, K, P]`` class embeddings per image (padding rows allowed).
+      class_mask: bool ``[I, K]``, False for padding classes.
+      config, dtype, tta, start_layer, softmax: static settings.
+
+    Returns:
+      ``(scores [I, K, C, C] in [0, 1], features [I, gh, gw, P])``; the features are
+      those of the first variant (the whole image).
+    """
+    images, num_variants = canvases.shape[0], tta_lib.num_variants(tta)
+    boxes, flips = jax.vmap(lambda hw: tta_lib.variant_boxes(hw, tta))(content_hw)
+    pixels = jax.vmap(lambda canvas, box, flip: tta_lib.crop_variants(
+        canvas, box, flip, tta.input_size))(canvases, boxes, flips)
+    pixels = pixels.reshape((images * num_variants,) + pixels.shape[2:])
+    repeat = functools.partial(jnp.repeat, repeats=num_variants, axis=0)
+    maps, features = relevance_maps(params, pixels, repeat(text_embeds), config=config,
+                                    dtype=dtype, start_layer=start_layer, softmax=softmax,
+                                    class_mask=repeat(class_mask), with_features=True)
+    maps = maps.reshape((images, num_variants) + maps.shape[1:])
+    scores = jax.vmap(lambda m, b, f, hw: tta_lib.warp_back(m, b, f, hw, tta))(
+        maps, boxes, flips, content_hw)
+    features = features.reshape((images, num_variants) + features.shape[1:])[:, 0]
+    return scores, features
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_tta(config: CLIPConfig, dtype, tta: TTAConfig, start_layer: int, softmax: bool):
+    return jax.jit(functools.partial(tta_relevance_program, config=config, dtype=dtype, tta=tta,
+                                     start_layer=start_layer, softmax=softmax))
+
+
+def relevance_tta_batch(clip, images: Sequence[np.ndarray], text_embeds: Sequence[np.ndarray],
+                        tta: TTAConfig = TTAConfig(), start_layer: int = -1,
+                        softmax: bool = False, batch_size: Optional[int] = None):
+    """TTA relevance for several images (one device call, one ``device_get``).
+
+    Images are placed on fixed canvases and classes padded to ``class_bucket``, and
+    the batch is padded to ``batch_size`` (default: ``len(images)``), so a new image
+    size or label count within a bucket never recompiles.
+
+    Args:
+      clip: a ``jaxseg.CLIP``.
+      images: uint8 ``[H, W, 3]`` RGB images (sizes may differ).
+      text_embeds: per image, ``[K_i, P]`` class embeddings (``class_embeddings``).
+
+    Returns:
+      list of ``(scores [K_i, H, W] float32 in [0, 1], features [gh, gw, P] float32)``.
+    """
+    count = len(images)
+    batch = batch_size or count
+    if count == 0 or count > batch or len(text_embeds) != count:
+        raise ValueError(f"relevance_tta_batch got {count} images, {len(text_embeds)} class "
+                         f"embedding sets and batch_size {batch_size}")
+    resolve_start_layer(start_layer, clip.config.vision.num_hidden_layers)
+    prepared = [tta_lib.prepare_canvas(image, tta) for image in images]
+    width = class_bucket(max(1, max(len(t) for t in text_embeds)))
+    canvases = np.zeros((batch, tta.canvas_size, tta.canvas_size, 3), np.uint8)
+    content_hw = np.ones((batch, 2), np.int32)
+    padded = np.zeros((batch, width, clip.config.projection_dim), np.float32)
+    class_mask = np.zeros((batch, width), bool)
+    for i, ((canvas, hw), embeds) in enumerate(zip(prepared, text_embeds)):
+        canvases[i], content_hw[i] = canvas, hw
+        padded[i, :len(embeds)], class_mask[i, :len(embeds)] = embeds, True
+    program = _compiled_tta(clip.config, clip.dtype, tta, start_layer, softmax)
+    scores, features = jax.device_get(program(clip.params, canvases, content_hw, padded,
+                                              class_mask))
+    return [(tta_lib.finish(scores[i, :len(text_embeds[i])], prepared[i][1], images[i].shape[:2]),
+             features[i]) for i in range(count)]
+
+
+def relevance_tta(clip, image: np.ndarray, text_embeds, tta: TTAConfig = TTAConfig(),
+                  start_layer: int = -1, softmax: bool = False) -> np.ndarray:
+    """Per-class TTA relevance of one image in image coordinates.
+
+    Args:
+      clip: a ``jaxseg.CLIP``.
+      image: uint8 ``[H, W, 3]`` RGB image.
+      text_embeds: ``[K, P]`` class embeddings (e.g. ``class_embeddings``).
+      tta: variant set, canvas and input size.
+
+    Returns:
+      float32 ``[K, H, W]`` scores, each class normalised to ``[0, 1]``.
+    """
+    text_embeds = np.asarray(text_embeds, np.float32)
+    if text_embeds.ndim != 2 or text_embeds.shape[1] != clip.config.projection_dim:
+        raise ValueError(f"relevance_tta expects text_embeds [K, {clip.config.projection_dim}], "
+                         f"got {text_embeds.shape}")
+    if len(text_embeds) == 0:
+        return np.zeros((0,) + np.asarray(image).shape[:2], np.float32)
+    return relevance_tta_batch(clip, [image], [text_embeds], tta, start_layer, softmax)[0][0]
