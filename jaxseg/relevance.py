@@ -21,6 +21,8 @@ How it stays as cheap as one forward pass:
 from __future__ import annotations
 
 import functools
+import sys
+import types
 from typing import Any, Optional, Sequence
 
 import jax
@@ -290,3 +292,17 @@ def relevance_tta(clip, image: np.ndarray, text_embeds, tta: TTAConfig = TTAConf
     if len(text_embeds) == 0:
         return np.zeros((0,) + np.asarray(image).shape[:2], np.float32)
     return relevance_tta_batch(clip, [image], [text_embeds], tta, start_layer, softmax)[0][0]
+
+
+class _CallableModule(types.ModuleType):
+    """``jaxseg.relevance`` names both this module and its main function.
+
+    Python binds the submodule over the package attribute once the module is
+    imported, so the module itself forwards calls to ``relevance``.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return relevance(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,142 @@
+"""Relevance maps: parity with an independent PyTorch implementation, gradients, compiles."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxseg
+from jaxseg.relevance import _compiled_tta, relevance_maps, relevance_tta_batch
+from torch_reference import torch_relevance
+
+SMALL_TTA = jaxseg.TTAConfig(input_size=32, canvas_size=64)
+
+
+def random_inputs(batch=2, classes=3, size=32, seed=0):
+    rng = np.random.RandomState(seed)
+    return (rng.randn(batch, size, size, 3).astype(np.float32),
+            rng.randn(classes, 24).astype(np.float32))
+
+
+@pytest.mark.parametrize("start_layer", [-1, 0, 1])
+@pytest.mark.parametrize("softmax", [False, True])
+def test_matches_pytorch_reference(tiny_checkpoint, tiny_clip, start_layer, softmax):
+    _, model = tiny_checkpoint
+    pixels, texts = random_inputs(batch=2, classes=4)
+    ours = np.asarray(jaxseg.relevance(tiny_clip, pixels, texts, start_layer, softmax))
+    reference = torch_relevance(model, pixels, texts, start_layer, softmax)
+    assert ours.shape == (2, 4, 4, 4)
+    assert np.abs(reference).max() > 0
+    assert np.abs(ours - reference).max() <= 1e-4 * np.abs(reference).max()
+
+
+def test_jit_and_eager_agree(tiny_clip):
+    pixels, texts = random_inputs(seed=1)
+    eager = relevance_maps(tiny_clip.params, pixels, texts,
+                                         config=tiny_clip.config, start_layer=0)
+    jitted = jaxseg.relevance(tiny_clip, pixels, texts, start_layer=0)
+    np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-7)
+
+
+def test_per_image_text_embeddings_match_shared(tiny_clip):
+    pixels, texts = random_inputs(seed=2)
+    shared = relevance_maps(tiny_clip.params, pixels, texts,
+                                          config=tiny_clip.config)
+    per_image = relevance_maps(tiny_clip.params, pixels,
+                                             np.stack([texts, texts]), config=tiny_clip.config)
+    np.testing.assert_allclose(shared, per_image, rtol=1e-6, atol=1e-8)
+
+
+def test_padding_classes_do_not_change_real_maps(tiny_clip):
+    pixels, texts = random_inputs(seed=3)
+    padded = np.concatenate([texts, np.zeros((1, 24), np.float32)])
+    mask = np.array([True, True, True, False])
+    for softmax in (False, True):
+        plain = relevance_maps(tiny_clip.params, pixels, texts,
+                                             config=tiny_clip.config, softmax=softmax)
+        with_pad = relevance_maps(tiny_clip.params, pixels, padded,
+                                                config=tiny_clip.config, softmax=softmax,
+                                                class_mask=mask)
+        np.testing.assert_allclose(with_pad[:, :3], plain, rtol=1e-5, atol=1e-8)
+
+
+def test_gradient_matches_finite_differences(tiny_clip):
+    pixels, texts = random_inputs(batch=1, seed=4)
+    weights = np.random.RandomState(5).rand(1, 3, 4, 4).astype(np.float32)
+
+    def objective(pixel_values, params):
+        maps = relevance_maps(params, pixel_values, texts,
+                                            config=tiny_clip.config, start_layer=0)
+        return jnp.sum(maps * weights)
+
+    grad_pixels, grad_params = jax.jit(jax.grad(objective, argnums=(0, 1)))(
+        pixels, tiny_clip.params)
+    direction = np.random.RandomState(6).randn(*pixels.shape).astype(np.float32)
+    eps = 1e-2
+    value = jax.jit(objective)
+    numeric = (value(pixels + eps * direction, tiny_clip.params)
+               - value(pixels - eps * direction, tiny_clip.params)) / (2 * eps)
+    analytic = float(jnp.sum(grad_pixels * direction))
+    assert abs(analytic) > 1e-6
+    assert abs(numeric - analytic) <= 2e-2 * abs(analytic)
+    # Second order through the attention gradient: w.r.t. a weight of the last block.
+    kernel = tiny_clip.params["vision_model"]["layers_2"]["mlp"]["fc1"]["kernel"]
+    bump = np.random.RandomState(7).randn(*kernel.shape).astype(np.float32)
+
+    def with_kernel(k):
+        params = jax.tree_util.tree_map(lambda x: x, tiny_clip.params)
+        params["vision_model"]["layers_2"]["mlp"]["fc1"]["kernel"] = k
+        return value(pixels, params)
+
+    numeric = (with_kernel(kernel + eps * bump) - with_kernel(kernel - eps * bump)) / (2 * eps)
+    analytic = float(jnp.sum(grad_params["vision_model"]["layers_2"]["mlp"]["fc1"]["kernel"]
+                             * bump))
+    assert abs(analytic) > 1e-6
+    assert abs(numeric - analytic) <= 2e-2 * abs(analytic)
+
+
+def test_bad_inputs_are_clear_errors(tiny_clip):
+    pixels, texts = random_inputs()
+    with pytest.raises(ValueError, match="start_layer=5"):
+        jaxseg.relevance(tiny_clip, pixels, texts, start_layer=5)
+    with pytest.raises(ValueError, match="text_embeds"):
+        jaxseg.relevance(tiny_clip, pixels, texts[:, :5])
+
+
+def test_tta_scores_cover_image_in_unit_range(tiny_clip):
+    image = (np.random.RandomState(8).rand(40, 70, 3) * 255).astype(np.uint8)
+    texts = jaxseg.class_embeddings(tiny_clip, ["cat", "dog", "sofa"], SMALL_TTA.templates)
+    scores = jaxseg.relevance_tta(tiny_clip, image, texts, SMALL_TTA)
+    assert scores.shape == (3, 40, 70) and scores.dtype == np.float32
+    assert scores.min() >= 0.0 and scores.max() <= 1.0
+    assert np.all(scores.max(axis=(1, 2)) > 0.9)
+    empty = jaxseg.relevance_tta(tiny_clip, image, texts[:0], SMALL_TTA)
+    assert empty.shape == (0, 40, 70)
+
+
+def test_new_image_size_does_not_recompile(tiny_clip):
+    texts = jaxseg.class_embeddings(tiny_clip, ["cat", "dog", "sofa"], SMALL_TTA.templates)
+    program = _compiled_tta(tiny_clip.config, tiny_clip.dtype, SMALL_TTA, -1,
+                                          False)
+    rng = np.random.RandomState(9)
+    for shape in [(40, 70, 3), (90, 33, 3), (16, 16, 3)]:
+        image = (rng.rand(*shape) * 255).astype(np.uint8)
+        jaxseg.relevance_tta(tiny_clip, image, texts, SMALL_TTA)
+    # Four labels share the power-of-two bucket of three.
+    four = jaxseg.class_embeddings(tiny_clip, ["a", "b", "c", "d"], SMALL_TTA.templates)
+    jaxseg.relevance_tta(tiny_clip, image, four, SMALL_TTA)
+    assert program._cache_size() == 1
+
+
+def test_batch_equals_single_images(tiny_clip):
+    rng = np.random.RandomState(10)
+    images = [(rng.rand(*shape) * 255).astype(np.uint8) for shape in [(40, 70, 3), (50, 30, 3)]]
+    texts = [jaxseg.class_embeddings(tiny_clip, names, SMALL_TTA.templates)
+             for names in (["cat", "dog"], ["sofa"])]
+    batch = relevance_tta_batch(tiny_clip, images, texts, SMALL_TTA, batch_size=3)
+    for image, text, (scores, features) in zip(images, texts, batch):
+        alone = jaxseg.relevance_tta(tiny_clip, image, text, SMALL_TTA)
+        np.testing.assert_allclose(scores, alone, atol=1e-5)
+        assert features.shape == (4, 4, 24)
