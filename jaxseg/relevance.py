@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxseg.models.clip import CLIPModel, model_for
 from jaxseg import tta as tta_lib
@@ -235,7 +236,8 @@ def _compiled_tta(config: CLIPConfig, dtype, tta: TTAConfig, start_layer: int, s
 
 def relevance_tta_batch(clip, images: Sequence[np.ndarray], text_embeds: Sequence[np.ndarray],
                         tta: TTAConfig = TTAConfig(), start_layer: int = -1,
-                        softmax: bool = False, batch_size: Optional[int] = None):
+                        softmax: bool = False, batch_size: Optional[int] = None,
+                        mesh: Optional[Mesh] = None):
     """TTA relevance for several images (one device call, one ``device_get``).
 
     Images are placed on fixed canvases and classes padded to ``class_bucket``, and
@@ -246,6 +248,10 @@ def relevance_tta_batch(clip, images: Sequence[np.ndarray], text_embeds: Sequenc
       clip: a ``jaxseg.CLIP``.
       images: uint8 ``[H, W, 3]`` RGB images (sizes may differ).
       text_embeds: per image, ``[K_i, P]`` class embeddings (``class_embeddings``).
+      tta, start_layer, softmax: as in ``relevance_tta``.
+      batch_size: pad the batch to this many images (default ``len(images)``).
+      mesh: optional device mesh with a ``"data"`` axis: the batch (a multiple of
+        its size) is split over the devices, parameters are replicated.
 
     Returns:
       list of ``(scores [K_i, H, W] float32 in [0, 1], features [gh, gw, P] float32)``.
@@ -266,10 +272,22 @@ def relevance_tta_batch(clip, images: Sequence[np.ndarray], text_embeds: Sequenc
         canvases[i], content_hw[i] = canvas, hw
         padded[i, :len(embeds)], class_mask[i, :len(embeds)] = embeds, True
     program = _compiled_tta(clip.config, clip.dtype, tta, start_layer, softmax)
-    scores, features = jax.device_get(program(clip.params, canvases, content_hw, padded,
-                                              class_mask))
+    inputs = (canvases, content_hw, padded, class_mask)
+    params = clip.params
+    if mesh is not None:
+        if batch % mesh.size:
+            raise ValueError(f"batch_size {batch} must be a multiple of the {mesh.size} devices")
+        inputs = jax.device_put(inputs, NamedSharding(mesh, PartitionSpec("data")))
+        params = replicated_params(clip, mesh)
+    scores, features = jax.device_get(program(params, *inputs))
     return [(tta_lib.finish(scores[i, :len(text_embeds[i])], prepared[i][1], images[i].shape[:2]),
              features[i]) for i in range(count)]
+
+
+@functools.lru_cache(maxsize=4)
+def replicated_params(clip, mesh: Mesh):
+    """The model's parameters copied to every device of ``mesh`` (once per model and mesh)."""
+    return jax.device_put(clip.params, NamedSharding(mesh, PartitionSpec()))
 
 
 def relevance_tta(clip, image: np.ndarray, text_embeds, tta: TTAConfig = TTAConfig(),

@@ -125,3 +125,54 @@ def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match="cannot reach 127.0.0.1"):
         jaxseg.load_clip("openai/clip-vit-base-patch16")
     assert time.perf_counter() - start < 10
+
+
+# transformers' configs of the published OpenAI checkpoints (vision, text, projection).
+REAL_SIZES = {
+    "ViT-B/32": (dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                      num_hidden_layers=12, image_size=224, patch_size=32),
+                 dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8,
+                      num_hidden_layers=12), 512),
+    "ViT-B/16": (dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                      num_hidden_layers=12, image_size=224, patch_size=16),
+                 dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8,
+                      num_hidden_layers=12), 512),
+    "ViT-L/14": (dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                      num_hidden_layers=24, image_size=224, patch_size=14),
+                 dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                      num_hidden_layers=12), 768),
+    "ViT-L/14-336": (dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                          num_hidden_layers=24, image_size=336, patch_size=14),
+                     dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                          num_hidden_layers=12), 768),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_SIZES))
+def test_every_real_size_checkpoint_key_maps_to_a_parameter(name):
+    """Each published size: every transformers tensor lands on a parameter of the right shape."""
+    import torch
+    import transformers
+
+    from jaxseg.models.clip import param_shapes
+    from jaxseg.models.config import CLIPConfig
+    from jaxseg.weights import IGNORED, _rearrange
+
+    vision, text, projection = REAL_SIZES[name]
+    hf_config = transformers.CLIPConfig(vision_config=vision, text_config=text,
+                                        projection_dim=projection)
+    with torch.device("meta"):  # shapes only, no memory
+        state = transformers.CLIPModel(hf_config).state_dict()
+    config = CLIPConfig.from_dict(hf_config.to_dict())
+    expected = {tuple(k.key for k in path): leaf.shape for path, leaf
+                in jax.tree_util.tree_flatten_with_path(param_shapes(config))[0]}
+    mapped = set()
+    for key, tensor in state.items():
+        if any(rule.match(key) for rule in IGNORED):
+            continue
+        path, layout = param_path(key)
+        shape = _rearrange(np.lib.stride_tricks.as_strided(
+            np.zeros(1, np.float32), tuple(tensor.shape), (0,) * tensor.dim()), layout).shape
+        assert expected[path] == shape, key
+        mapped.add(path)
+    assert mapped == set(expected)
