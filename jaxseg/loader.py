@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxseg.models import clip as clip_model
 from jaxseg.models.config import CLIPConfig
+from jaxseg.models.vision import check_pixel_values
 from jaxseg.tokenizer import Tokenizer
 from jaxseg.weights import load_params
 
@@ -56,11 +57,7 @@ class CLIP:
         size: the position embedding is then interpolated bicubically.
         """
         pixel_values = jnp.asarray(pixel_values)
-        patch = self.config.vision.patch_size
-        if pixel_values.ndim != 4 or pixel_values.shape[-1] != 3 or pixel_values.shape[1] % patch \
-                or pixel_values.shape[2] % patch:
-            raise ValueError(f"encode_image expects [B, S, S, 3] pixel values with S a multiple of "
-                             f"the patch size {patch}, got shape {tuple(pixel_values.shape)}")
+        check_pixel_values(pixel_values.shape, self.config.vision.patch_size, "encode_image")
         return _jitted(clip_model.encode_image, self.config, self.dtype)(self.params, pixel_values)
 
     def encode_text(self, input_ids) -> jax.Array:

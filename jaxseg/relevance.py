@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxseg.models.clip import CLIPModel, model_for
 from jaxseg import tta as tta_lib
 from jaxseg.models.config import CLIPConfig
+from jaxseg.models.vision import check_pixel_values
 from jaxseg.tta import TTAConfig
 
 Params = Any
@@ -161,11 +162,7 @@ def relevance(clip, pixel_values, text_embeds, start_layer: int = -1,
     """
     pixel_values = jnp.asarray(pixel_values, jnp.float32)
     text_embeds = jnp.asarray(text_embeds)
-    patch = clip.config.vision.patch_size
-    if pixel_values.ndim != 4 or pixel_values.shape[-1] != 3 or pixel_values.shape[1] % patch \
-            or pixel_values.shape[2] % patch:
-        raise ValueError(f"relevance expects pixel_values [B, S, S, 3] with S a multiple of "
-                         f"{patch}, got {tuple(pixel_values.shape)}")
+    check_pixel_values(pixel_values.shape, clip.config.vision.patch_size, "relevance")
     if text_embeds.ndim != 2 or text_embeds.shape[1] != clip.config.projection_dim:
         raise ValueError(f"relevance expects text_embeds [K, {clip.config.projection_dim}], "
                          f"got {tuple(text_embeds.shape)}")

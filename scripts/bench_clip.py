@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import jaxseg  # noqa: E402
+from benchlib import median_seconds  # noqa: E402
 from checkpoints import VIT_B16_VISION, VIT_B_TEXT, make_checkpoint  # noqa: E402
 
 # Run in a child process so the parent's PyTorch model does not count.
@@ -36,16 +36,6 @@ jax.block_until_ready(clip.params)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(before / 1024, after / 1024)
 """
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
@@ -30,23 +27,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import jaxseg  # noqa: E402
+from benchlib import median_seconds, peak_rss_mib  # noqa: E402
 from checkpoints import VIT_B16_VISION, VIT_B_TEXT, make_checkpoint  # noqa: E402
 from torch_baselines import careful, notebook_style  # noqa: E402
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -70,18 +53,18 @@ def main() -> None:
         pixels = rng.randn(variants, 224, 224, 3).astype(np.float32)
         pixels_nchw = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
         forward = lambda: jax.block_until_ready(clip.encode_image(pixels))  # noqa: E731
-        forward_s = timed(forward, args.repeats)
+        forward_s = median_seconds(forward, args.repeats)
         for classes in args.classes:
             texts = rng.randn(classes, 512).astype(np.float32)
             texts_t = torch.from_numpy(texts)
             start = time.perf_counter()
             jax.block_until_ready(jaxseg.relevance(clip, pixels, texts, args.start_layer))
             compile_s = time.perf_counter() - start
-            ours = timed(lambda: jax.block_until_ready(
+            ours = median_seconds(lambda: jax.block_until_ready(
                 jaxseg.relevance(clip, pixels, texts, args.start_layer)), args.repeats)
-            careful_s = timed(lambda: careful(model, pixels_nchw, texts_t, args.start_layer),
+            careful_s = median_seconds(lambda: careful(model, pixels_nchw, texts_t, args.start_layer),
                               args.repeats)
-            notebook_s = float("nan") if args.skip_notebook else timed(
+            notebook_s = float("nan") if args.skip_notebook else median_seconds(
                 lambda: notebook_style(model, pixels_nchw, texts_t, args.start_layer), 1)
             row = dict(V=variants, K=classes, jaxseg_s=ours, forward_s=forward_s,
                        careful_s=careful_s, notebook_s=notebook_s, compile_s=compile_s)

@@ -48,6 +48,13 @@ def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
+def check_pixel_values(shape: Sequence[int], patch_size: int, caller: str) -> None:
+    """Raises a one-line ValueError unless ``shape`` is ``[B, S, S', 3]`` in whole patches."""
+    if len(shape) != 4 or shape[-1] != 3 or shape[1] % patch_size or shape[2] % patch_size:
+        raise ValueError(f"{caller} expects pixel values [B, S, S, 3] with S a multiple of the "
+                         f"patch size {patch_size}, got shape {tuple(shape)}")
+
+
 class VisionEmbeddings(nn.Module):
     config: VisionConfig
     dtype: Dtype = jnp.float32
