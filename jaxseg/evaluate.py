@@ -334,7 +334,10 @@ def evaluate(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
     for what, root in (("prediction", pred_root), ("ground truth", gt_root)):
         if not root.is_dir():
             raise ValueError(f"{what} folder {root} does not exist; pass an existing folder")
-    pred_paths = sorted(pred_root.glob("*.png"))
+    # `jaxseg.segment --overlay` writes <stem>_overlay.png beside <stem>.png: not a prediction.
+    pred_paths = sorted(path for path in pred_root.glob("*.png")
+                        if not (path.stem.endswith("_overlay")
+                                and path.with_name(path.stem[:-len("_overlay")] + ".png").exists()))
     if not pred_paths:
         raise ValueError(f"prediction folder {pred_root} holds no .png prediction")
     space = load_class_space(classes)

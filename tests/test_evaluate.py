@@ -266,3 +266,19 @@ def test_coco_names_in_sidecars_map_onto_coco_dev_voc_masks(tmp_path):
     assert result["miou"] == pytest.approx(100.0)
     assert "dining table" not in result["unmatched_labels"]
     assert "truck" in result["unmatched_labels"]
+
+
+def test_overlay_images_beside_predictions_are_not_scored(tmp_path):
+    from PIL import Image
+
+    from jaxseg.evaluate import evaluate
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    mask = np.zeros((4, 4), np.uint8)
+    mask[:2] = 1
+    Image.fromarray(mask).save(gt / "a.png")
+    Image.fromarray(mask).save(pred / "a.png")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(pred / "a_overlay.png")
+    result = evaluate(pred, gt, classes="voc")
+    assert result["num_images"] == 1 and result["miou"] == 100.0

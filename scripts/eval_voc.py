@@ -1,0 +1,84 @@
+"""Pseudo-label mIoU on PASCAL VOC 2012 (train and val), the way the README's table is made.
+
+With internet, the headline numbers (openai/clip-vit-base-patch16, image labels from the
+ground truth and from `--labels auto`):
+
+  python scripts/eval_voc.py --voc-root VOCdevkit/VOC2012 --out runs/voc
+
+Mechanics check on the bundled development set (any checkpoint folder, e.g. a random one;
+numbers are then meaningless):
+
+  python scripts/eval_voc.py --coco-dev ../shared/data/coco-dev --model DIR --limit 8 \
+      --out runs/dev
+
+Each run is a plain `python -m jaxseg.segment` dataset run (resumable: rerun to continue)
+followed by `python -m jaxseg.evaluate`; the commands are printed before they run. The table
+goes to stdout and to OUT/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+
+def run(command: list[str]) -> None:
+    print("$ " + " ".join(shlex.quote(part) for part in command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--voc-root", help="VOCdevkit/VOC2012 folder")
+    where.add_argument("--coco-dev", help="the coco-dev folder (images/, masks_voc20/, "
+                       "labels_voc20.json)")
+    parser.add_argument("--model", default="openai/clip-vit-base-patch16")
+    parser.add_argument("--splits", nargs="+", default=["train", "val"],
+                        help="VOC splits (ImageSets/Segmentation/<split>.txt)")
+    parser.add_argument("--limit", type=int, help="only the first N images of each run")
+    parser.add_argument("--out", default="runs/voc")
+    parser.add_argument("--segment-args", default="",
+                        help="extra arguments for jaxseg.segment, e.g. '--batch-size 16'")
+    args = parser.parse_args()
+
+    if args.voc_root:
+        datasets = [(split, ["--dataset", "voc", "--root", args.voc_root, "--split", split],
+                     os.path.join(args.voc_root, "SegmentationClass")) for split in args.splits]
+    else:
+        datasets = [("coco-dev", ["--dataset", "folder", "--root", args.coco_dev, "--labels-file",
+                                  os.path.join(args.coco_dev, "labels_voc20.json")],
+                     os.path.join(args.coco_dev, "masks_voc20"))]
+    extra = shlex.split(args.segment_args) + (["--limit", str(args.limit)] if args.limit else [])
+    rows = []
+    for name, dataset, gt in datasets:
+        for mode, label_args in (("ground truth", []), ("auto (VOC vocabulary)",
+                                                         ["--labels", "auto", "--vocab", "voc"])):
+            tag = f"{name}-{'auto' if label_args else 'gt'}"
+            pred = os.path.join(args.out, tag)
+            run([sys.executable, "-m", "jaxseg.segment", *dataset, *label_args, "--model",
+                 args.model, "--out", pred, "--quiet", *extra])
+            scores = os.path.join(args.out, f"{tag}.scores.json")
+            run([sys.executable, "-m", "jaxseg.evaluate", "--pred", pred, "--gt", gt,
+                 "--classes", "voc", "--json", scores])
+            with open(scores) as f:
+                result = json.load(f)
+            rows.append((name, mode, result["num_images"], result["miou"],
+                         result["pixel_accuracy"]))
+    table = ["| set | image labels | images | mIoU (%) | pixel acc. (%) |",
+             "|---|---|---|---|---|"]
+    table += [f"| {name} | {mode} | {count} | {miou:.1f} | {accuracy:.1f} |"
+              for name, mode, count, miou, accuracy in rows]
+    table.append(f"\nmodel: {args.model}")
+    text = "\n".join(table) + "\n"
+    print(text)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
