@@ -1,0 +1,211 @@
+"""End-to-end tests of ``python -m jaxseg.segment`` on a tiny random checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import jaxseg
+import jaxseg.segment as segment
+from jaxseg.tta import TTAConfig
+from test_datasets import make_voc
+from test_imageio import png_header_only, write_odd_images
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Small views, canvas and distillation keep each image well under a second; one batch
+# size (tests may override it) keeps the number of compiled programs down.
+FAST = ["--input-size", "32", "--canvas-size", "64", "--refine-steps", "10", "--batch-size", "1"]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_checkpoint):
+    """``run(*args) -> exit status``: the CLI in-process on the tiny checkpoint."""
+
+    def call(*args):
+        return segment.main([*FAST, "--model", tiny_checkpoint[0], "--no-compile-cache",
+                             *map(str, args)])
+
+    return call
+
+
+def random_images(folder, count: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = os.path.join(folder, f"img{index}.png")
+        Image.fromarray(rng.integers(0, 256, (20 + 4 * index, 30, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def read_output(out, stem):
+    with Image.open(out / f"{stem}.png") as mask:
+        mode, pixels = mask.mode, np.asarray(mask)
+    return mode, pixels, json.loads((out / f"{stem}.json").read_text())
+
+
+def test_odd_images_give_masks_of_the_displayed_size(tmp_path, run, capsys):
+    sizes = write_odd_images(tmp_path)
+    out = tmp_path / "out"
+    assert run(*[tmp_path / name for name in sizes], "--labels", "cat,dog", "--overlay",
+               "--out", out) == 0
+    for name, (height, width) in sizes.items():
+        stem = os.path.splitext(name)[0]
+        mode, pixels, sidecar = read_output(out, stem)
+        assert mode == "P" and pixels.shape == (height, width) and pixels.max() <= 2, name
+        assert sidecar["labels"] == ["cat", "dog"] and sidecar["image_size"] == [height, width]
+        assert set(sidecar["fractions"]) == {"cat", "dog"}
+        assert {"read", "relevance", "refine", "write"} <= set(sidecar["timings"])
+        with Image.open(out / f"{stem}_overlay.png") as overlay:
+            assert overlay.mode == "RGB" and overlay.width >= width and overlay.height > height
+    err = capsys.readouterr().err
+    assert "img/s" in err and f"{len(sizes)} written" in err
+
+
+def test_bad_inputs_are_reported_and_the_run_goes_on(tmp_path, run, capsys):
+    good = random_images(tmp_path, 1)[0]
+    bad = {"notes.jpg": "not an image", "empty.jpg": "empty file", "zero.png": "zero-size",
+           "missing.jpg": "file not found", "cut.jpg": "corrupt or truncated"}
+    (tmp_path / "notes.jpg").write_text("a text file\n")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    png_header_only(tmp_path / "zero.png", 0, 7)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 90).save(tmp_path / "full.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
+    out = tmp_path / "out"
+    assert run(*[tmp_path / name for name in bad], good, "--labels", "cat", "--out", out) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for name, reason in bad.items():
+        lines = [line for line in err.splitlines() if f"{tmp_path / name}: " in line]
+        # One error line while running, one in the final summary.
+        assert len(lines) == 2 and all(reason in line for line in lines), (name, lines)
+    assert "5 input(s) failed" in err
+    assert sorted(os.listdir(out)) == ["img0.json", "img0.png"]
+
+
+def test_labels_are_cleaned_and_long_labels_cut(tmp_path, run, capsys, tiny_clip):
+    paths = random_images(tmp_path, 2)
+    long_label = "striped " * 60 + "zebra"
+    labels = {"img0": [" cat ", "Cat", "", "dog", long_label], "img1": []}
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    out = tmp_path / "out"
+    assert run(*paths, "--labels-file", tmp_path / "labels.json", "--out", out) == 0
+    err = capsys.readouterr().err
+    _, _, sidecar = read_output(out, "img0")
+    cat, dog, cut = sidecar["labels"]
+    assert (cat, dog) == ("cat", "dog")
+    assert long_label.startswith(cut) and len(cut) < len(long_label)
+    for template in TTAConfig().templates:
+        assert len(tiny_clip.tokenizer.encode(template.format(cut))) <= 75
+    for expected in ("ignoring repeated label 'Cat'", "ignoring empty label ''",
+                     "does not fit CLIP's 77-token prompt"):
+        assert sum(expected in line for line in err.splitlines()) == 1, expected
+    _, empty_mask, empty_sidecar = read_output(out, "img1")
+    assert empty_sidecar["labels"] == [] and not empty_mask.any()  # no labels: all background
+
+
+def test_auto_labels_write_their_scores(tmp_path, run):
+    path = random_images(tmp_path, 1)[0]
+    vocabulary = tmp_path / "vocab.txt"
+    vocabulary.write_text("cat\ndog\npottedplant: potted plant\n")
+    assert run(path, "--labels", "auto", "--vocab", vocabulary, "--out", tmp_path / "out") == 0
+    _, pixels, sidecar = read_output(tmp_path / "out", "img0")
+    # A softmax over 3 classes puts >= 1/3 on one of them, above the 0.15 threshold.
+    assert len(sidecar["labels"]) >= 1
+    assert set(sidecar["label_scores"]) == set(sidecar["labels"]) <= {"cat", "dog", "pottedplant"}
+    assert all(score >= 0.15 for score in sidecar["label_scores"].values())
+    assert pixels.max() <= len(sidecar["labels"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["IMG", "--labels", "cat", "--model", "/no/such/checkpoint"], "neither a checkpoint folder"),
+    (["--dataset", "voc", "--root", "/no/such/VOC2012"], "is not a VOC2012 folder"),
+    (["--dataset", "folder", "--root", "."], "has no images/ folder"),
+    (["IMG", "--labels-file", "/no/such/labels.json"], "cannot read labels file"),
+    (["IMG"], "give labels"),
+    (["IMG", "--labels", "auto", "--vocab", "/no/vocab.txt"], "neither 'voc', 'coco'"),
+    (["IMG", "--labels", "a", "--batch-size", "0"], "--batch-size must be >= 1"),
+])
+def test_user_errors_exit_2_in_one_line(tmp_path, capsys, args, message):
+    args = [str(tmp_path / "x.png") if arg == "IMG" else arg for arg in args]
+    if "--model" not in args:
+        args += ["--model", str(tmp_path)]
+    status = segment.main(args + ["--no-compile-cache", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_voc_dataset_run_and_resume(tmp_path, run, capsys):
+    make_voc(tmp_path / "VOC2012", {"a": [8, 12], "b": [15]}, xml_only={"c": ["horse"]})
+    args = ["--dataset", "voc", "--root", tmp_path / "VOC2012", "--split", "val",
+            "--out", tmp_path / "out"]
+    assert run(*args) == 0
+    labels = {stem: read_output(tmp_path / "out", stem)[2]["labels"] for stem in "abc"}
+    assert labels == {"a": ["cat", "dog"], "b": ["person"], "c": ["horse"]}
+    capsys.readouterr()
+    assert run(*args) == 0
+    assert "0 written, 3 already complete" in capsys.readouterr().err
+    assert run(*args, "--overwrite", "--limit", 2, "--quiet") == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_importing_the_cli_keeps_the_segment_function_callable(tiny_clip):
+    config = jaxseg.SegmentConfig(tta=TTAConfig(input_size=32, canvas_size=64),
+                                  refine=jaxseg.RefineConfig(steps=10))  # as FAST: no recompiles
+    result = jaxseg.segment(tiny_clip, np.zeros((16, 20, 3), np.uint8), ["cat"], config)
+    assert result.mask.shape == (16, 20) and result.labels == ["cat"]
+
+
+def comparable(folder) -> dict:
+    """Every file's content, JSON sidecars without their timings."""
+    contents = {}
+    for name in sorted(os.listdir(folder)):
+        data = (folder / name).read_bytes()
+        if name.endswith(".json"):
+            data = json.loads(data)
+            data.pop("timings")
+        contents[name] = data
+    return contents
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_checkpoint, run, capsys):
+    root = tmp_path / "data"
+    paths = random_images(root / "images", 8)
+    (root / "labels.json").write_text(json.dumps(
+        {f"img{i}": [["cat"], ["cat", "dog"], [], ["dog", "sofa", "cat"]][i % 4]
+         for i in range(len(paths))}))
+    common = ["--dataset", "folder", "--root", str(root), "--batch-size", "2"]
+    assert run(*common, "--out", tmp_path / "reference") == 0
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    command = [sys.executable, "-m", "jaxseg.segment", *FAST, *common, "--out", str(out),
+               "--model", tiny_checkpoint[0], "--compile-cache", str(cache), "--quiet"]
+    env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(name.endswith(".json") for name in os.listdir(out))):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no output within 120 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    finished = sum(name.endswith(".json") for name in os.listdir(out))
+    assert 0 < finished < len(paths), "the run must be killed half-way"
+    assert os.listdir(cache), "the compilation cache is written as programs compile"
+    (out / ".img7.png.tmp-424242").write_bytes(b"left by a killed run")
+
+    capsys.readouterr()
+    assert run(*common, "--out", out) == 0
+    assert f"{finished} already complete" in capsys.readouterr().err
+    assert comparable(out) == comparable(tmp_path / "reference")
