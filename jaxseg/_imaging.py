@@ -24,6 +24,8 @@ def resize_maps(maps: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     maps = np.asarray(maps, np.float32)
     if maps.shape[1:] == (height, width):
         return maps
-    resized = [np.asarray(Image.fromarray(np.ascontiguousarray(channel)).resize((width, height), Image.BILINEAR))
-               for channel in maps]
-    return np.stack(resized).astype(np.float32) if resized else np.zeros((0, height, width), np.float32)
+    resized = [np.asarray(Image.fromarray(np.ascontiguousarray(channel))
+                          .resize((width, height), Image.BILINEAR)) for channel in maps]
+    if not resized:
+        return np.zeros((0, height, width), np.float32)
+    return np.stack(resized).astype(np.float32)

@@ -1,6 +1,5 @@
 """Relevance maps: parity with an independent PyTorch implementation, gradients, compiles."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

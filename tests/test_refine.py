@@ -1,0 +1,165 @@
+"""Tests of the refinement stage on small synthetic images with exact expected answers."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter, shift
+
+from jaxseg.graphcut import grid_edges
+from jaxseg.refine import (RefineConfig, distill, graph_cut, pseudo_labels, refine,
+                           score_probabilities)
+
+RED, BLUE, GREEN = (200, 40, 40), (40, 60, 190), (50, 170, 60)
+
+
+def _two_colour_scene(height=48, width=64):
+    """A red rectangle on blue: image [H, W, 3] uint8 and the true mask [H, W] bool."""
+    truth = np.zeros((height, width), bool)
+    truth[12:36, 16:44] = True
+    image = np.where(truth[..., None], np.array(RED, np.uint8), np.array(BLUE, np.uint8))
+    return image.astype(np.uint8), truth
+
+
+def _coarse(mask, offset, seed, sigma=3.0, noise=0.05):
+    """A blurred, shifted, noisy version of ``mask`` in [0, 1] (a coarse relevance map)."""
+    rng = np.random.default_rng(seed)
+    coarse = gaussian_filter(shift(mask.astype(np.float32), offset, order=0), sigma)
+    coarse = np.clip(coarse + rng.normal(0, noise, mask.shape), 0, None)
+    return (coarse / coarse.max()).astype(np.float32)
+
+
+def test_two_colour_image_with_noisy_offset_map_recovers_true_region_exactly():
+    image, truth = _two_colour_scene()
+    scores = _coarse(truth, offset=(3, -3), seed=0)[None]
+    coarse_argmax = scores[0] > RefineConfig().background_score
+    assert (coarse_argmax != truth).sum() > 50  # the coarse map alone is clearly off
+    np.testing.assert_array_equal(refine(image, scores), truth.astype(np.int32))
+
+
+def test_two_labels_follow_score_order():
+    image, truth = _two_colour_scene()
+    image[:, 54:] = GREEN  # a second object: a green stripe on the right
+    second = np.zeros_like(truth)
+    second[:, 54:] = True
+    scores = np.stack([_coarse(truth, (2, 2), 1), _coarse(second, (0, -2), 2)])
+    expected = np.where(truth, 1, np.where(second, 2, 0)).astype(np.int32)
+    labels = refine(image, scores)
+    assert labels.dtype == np.int32 and labels.shape == truth.shape
+    np.testing.assert_array_equal(labels, expected)
+    # Swapping the maps swaps the 1-based label ids.
+    np.testing.assert_array_equal(refine(image, scores[::-1]), np.array([0, 2, 1])[expected])
+
+
+def test_large_image_is_refined_at_capped_size_and_upsampled_along_edges():
+    image, truth = _two_colour_scene(96, 128)
+    scores = _coarse(truth, offset=(4, -4), seed=3, sigma=5.0)[None]
+    labels = refine(image, scores, config=RefineConfig(max_size=48))
+    assert labels.shape == truth.shape
+    # The cut runs 2.7x coarser (48 x 36); upsampling along edges puts the boundary back
+    # on the full-size colour edge except where the coarse cut itself is one pixel off.
+    coarse_nearest = np.kron(truth[::8, ::8], np.ones((8, 8), bool))  # what a 16 x 12 grid gives
+    assert (coarse_nearest != truth).sum() > 100
+    assert (labels != truth).sum() <= 16
+
+
+def test_pseudo_labels_thresholds_are_relative_to_each_map():
+    scores = np.array([[[0.0, 0.1, 0.5, 1.0]],
+                       [[0.0, 0.02, 0.1, 0.2]]], np.float32)  # second map: same shape, 1/5 the scale
+    config = RefineConfig(fg_threshold=0.5, bg_threshold=0.2)
+    # Rescaled: map 1 = [0, .1, .5, 1], map 2 = [0, .1, .5, 1]; ties go to the first label.
+    np.testing.assert_array_equal(pseudo_labels(scores, config), [[0, 0, 1, 1]])
+    scores[1, 0, 2] = 0.15  # map 2 now wins the third pixel (0.75 > 0.5)
+    np.testing.assert_array_equal(pseudo_labels(scores, config), [[0, 0, 2, 1]])
+    scores[:, 0, 1] = [0.3, 0.06]  # both 0.3 of their range: neither confident nor background
+    np.testing.assert_array_equal(pseudo_labels(scores, config), [[0, -1, 2, 1]])
+
+
+def test_score_probabilities_argmax_is_thresholded_argmax():
+    scores = np.random.default_rng(0).random((3, 9, 9)).astype(np.float32)
+    config = RefineConfig()
+    probabilities = score_probabilities(scores, config)
+    np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, rtol=1e-5)
+    relative = (scores - scores.min((1, 2), keepdims=True)) / np.ptp(scores, (1, 2), keepdims=True)
+    expected = np.where(relative.max(0) > config.background_score, relative.argmax(0) + 1, 0)
+    np.testing.assert_array_equal(probabilities.argmax(axis=0), expected)
+
+
+def _energy(image, probabilities, labels, config):
+    first, second, weights = grid_edges(image, config.pairwise_weight)
+    unary = -np.log(np.clip(probabilities, 1e-4, 1.0)).reshape(len(probabilities), -1)
+    flat = labels.ravel()
+    return unary[flat, np.arange(flat.size)].sum() + weights[flat[first] != flat[second]].sum()
+
+
+def test_graph_cut_finds_the_global_minimum_of_a_binary_energy():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (3, 3, 3)).astype(np.uint8)
+    foreground = rng.random((3, 3)).astype(np.float32)
+    probabilities = np.stack([1 - foreground, foreground])
+    config = RefineConfig(pairwise_weight=0.7)
+    labels = graph_cut(image, probabilities, config)
+    best = min(_energy(image, probabilities, np.array(bits).reshape(3, 3), config)
+               for bits in itertools.product([0, 1], repeat=9))
+    assert _energy(image, probabilities, labels, config) == pytest.approx(best, rel=1e-6)
+
+
+def test_graph_cut_removes_an_isolated_noisy_pixel_and_keeps_argmax_without_pairwise():
+    image = np.full((8, 8, 3), 100, np.uint8)
+    image[:, 4:] = 160  # a colour edge between the halves makes the cut there cheap
+    probabilities = np.full((3, 8, 8), 0.05, np.float32)
+    probabilities[1, :, :4] = probabilities[2, :, 4:] = 0.9
+    probabilities[:, 3, 2] = [0.05, 0.4, 0.55]  # one pixel slightly prefers the other side
+    expected = np.where(np.arange(8) < 4, 1, 2)[None].repeat(8, 0)
+    np.testing.assert_array_equal(graph_cut(image, probabilities), expected)
+    unsmoothed = graph_cut(image, probabilities, RefineConfig(pairwise_weight=0.0))
+    np.testing.assert_array_equal(unsmoothed, probabilities.argmax(axis=0))
+
+
+def test_distill_is_deterministic_and_uses_the_seed():
+    image, truth = _two_colour_scene()
+    image = (image + np.random.default_rng(0).integers(0, 20, image.shape)).astype(np.uint8)
+    pseudo = pseudo_labels(_coarse(truth, (2, 2), 4)[None])
+    first = distill(image, pseudo, 1)
+    assert first.shape == (2,) + truth.shape and first.dtype == np.float32
+    np.testing.assert_allclose(first.sum(axis=0), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(first, distill(image, pseudo, 1))
+    assert not np.array_equal(first, distill(image, pseudo, 1, config=RefineConfig(seed=1)))
+
+
+def test_refine_with_dense_features():
+    image, truth = _two_colour_scene()
+    scores = _coarse(truth, (3, -3), 0)[None]
+    features = np.random.default_rng(0).normal(size=(6, 8, 512)).astype(np.float32)
+    labels = refine(image, scores, features)
+    assert labels.shape == truth.shape and labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, refine(image, scores, features))
+    assert (labels == truth).mean() > 0.98
+
+
+def test_no_labels_gives_all_background():
+    image, _ = _two_colour_scene()
+    labels = refine(image, np.zeros((0, 48, 64), np.float32))
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, np.zeros((48, 64), np.int32))
+
+
+@pytest.mark.parametrize("image, scores, features, name", [
+    (np.zeros((8, 8, 3), np.float32), np.zeros((1, 8, 8), np.float32), None, "image"),
+    (np.zeros((8, 8), np.uint8), np.zeros((1, 8, 8), np.float32), None, "image"),
+    (np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 9), np.float32), None, "scores"),
+    (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32), None, "scores"),
+    (np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8), np.int32), None, "scores"),
+    (np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8), np.float32), np.zeros((4, 512)), "features"),
+])
+def test_bad_inputs_raise_value_error_naming_them(image, scores, features, name):
+    with pytest.raises(ValueError, match=name):
+        refine(image, scores, features)
+
+
+def test_stage_functions_reject_mismatched_shapes():
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="probabilities"):
+        graph_cut(image, np.full((2, 8, 9), 0.5, np.float32))
+    with pytest.raises(ValueError, match="pseudo"):
+        distill(image, np.zeros((9, 8), np.int32), 1)
