@@ -28,7 +28,7 @@ import math
 import os
 import struct
 import warnings
-from typing import Iterator, Mapping, Sequence
+from typing import Collection, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
@@ -184,15 +184,27 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
         raise
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
-    """Deletes ``.*.tmp-*`` files left in ``folder`` by a killed run; returns their names."""
+def remove_stale_temporaries(folder: str | os.PathLike,
+                             names: Optional[Collection[str]] = None) -> list[str]:
+    """Deletes ``.*.tmp-*`` files left in ``folder`` by a killed run; returns their names.
+
+    Args:
+      folder: the output folder.
+      names: only temporaries of these output file names (``<stem>.png``, ...) are
+        deleted. Processes sharing one output folder each own a disjoint set of
+        stems, so each cleans only its own and never a file another is writing.
+        None: every temporary in the folder.
+    """
     removed = []
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(folder):
-            if entry.name.startswith(".") and TEMP_MARK in entry.name and entry.is_file():
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(entry.path)
-                    removed.append(entry.name)
+            if not (entry.name.startswith(".") and TEMP_MARK in entry.name and entry.is_file()):
+                continue
+            if names is not None and entry.name[1:entry.name.rindex(TEMP_MARK)] not in names:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(entry.path)
+                removed.append(entry.name)
     return sorted(removed)
 
 

@@ -125,10 +125,12 @@ def label_embeddings(clip, labels: Sequence[str], templates: tuple[str, ...]) ->
 
 
 def relevance_stage(clip, images: Sequence[np.ndarray], labels: Sequence[Sequence[str]],
-                    config: SegmentConfig, batch_size: Optional[int] = None):
+                    config: SegmentConfig, batch_size: Optional[int] = None, mesh=None):
     """Device stage for a batch: ``[(scores [K, H, W], features [gh, gw, P] | None)]``.
 
     Images with no labels are skipped on the device (their scores are empty).
+    ``mesh``: optional ``jax.sharding.Mesh`` with a ``"data"`` axis to split the
+    batch over (``batch_size`` a multiple of its size; see ``jaxseg.sharding``).
     """
     outputs: list = [(np.zeros((0,) + image.shape[:2], np.float32), None) for image in images]
     todo = [i for i, names in enumerate(labels) if names]
@@ -136,7 +138,7 @@ def relevance_stage(clip, images: Sequence[np.ndarray], labels: Sequence[Sequenc
         results = relevance_tta_batch(
             clip, [images[i] for i in todo],
             [label_embeddings(clip, labels[i], config.tta.templates) for i in todo],
-            config.tta, config.start_layer, config.softmax, batch_size)
+            config.tta, config.start_layer, config.softmax, batch_size, mesh)
         for i, (scores, features) in zip(todo, results):
             outputs[i] = (scores, features if config.use_features else None)
     return outputs

@@ -10,7 +10,8 @@ Structure (so that sharding and a refinement process pool can be added on top):
    reuses one compiled program) and runs :func:`jaxseg.pipeline.relevance_stage`
    on fixed-size batches; the groups' leftovers are batched together at the end.
    A bounded queue hands the results to the consumer (the calling thread), which
-   refines each image on the host and writes its outputs.
+   refines the images in a :class:`jaxseg.sharding.RefinePool` (worker processes,
+   a bounded window) while the device runs ahead, and writes the outputs in order.
 
 Outputs of an image: ``<stem>.png`` (palette mask), ``<stem>_overlay.png`` if
 asked, and ``<stem>.json`` last; each is written atomically, so an output is
@@ -36,6 +37,7 @@ from jaxseg.autolabel import auto_labels
 from jaxseg.datasets import Item
 from jaxseg.pipeline import SegmentConfig, clean_labels, refine_stage, relevance_stage
 from jaxseg.relevance import class_bucket
+from jaxseg.sharding import RefinePool, device_batch_size
 
 # Device batches allowed to wait for the host: bounds memory yet keeps the device busy.
 _QUEUE_BATCHES = 2
@@ -166,7 +168,7 @@ def _load(item: Item, clip, config: SegmentConfig) -> _Loaded:
     return _Loaded(item, image, list(item.labels), None, timings)
 
 
-def _produce(work: Sequence[Item], clip, config: SegmentConfig, batch_size: int,
+def _produce(work: Sequence[Item], clip, config: SegmentConfig, batch_size: int, mesh,
              handoff: queue.Queue, stop: threading.Event) -> None:
     """Producer thread: loads images, batches them by label bucket, runs the device stage."""
 
@@ -183,7 +185,7 @@ def _produce(work: Sequence[Item], clip, config: SegmentConfig, batch_size: int,
         start = time.perf_counter()
         try:
             outputs = relevance_stage(clip, [b.image for b in batch], [b.labels for b in batch],
-                                      config, batch_size)
+                                      config, batch_size, mesh)
         except Exception as error:  # noqa: BLE001 - reported per image; the run goes on.
             return all(put((b.item, error, traceback.format_exc())) for b in batch)
         share = (time.perf_counter() - start) / len(batch)
@@ -219,13 +221,18 @@ def _produce(work: Sequence[Item], clip, config: SegmentConfig, batch_size: int,
         put(_DONE)
 
 
-def _finish(loaded: _Loaded, scores, features, config: SegmentConfig, out_dir: str,
-            model_name: str, overlay: bool) -> dict[str, float]:
-    """Consumer work for one image: refine, then write mask, overlay and sidecar."""
-    timings = loaded.timings
+def timed_refine(image: np.ndarray, scores: np.ndarray, features, config: SegmentConfig
+                 ) -> tuple[np.ndarray, float]:
+    """``refine_stage`` and its seconds (module level: it runs in pool workers)."""
     start = time.perf_counter()
-    mask = refine_stage(loaded.image, scores, features, config)
-    timings["refine"] = time.perf_counter() - start
+    mask = refine_stage(image, scores, features, config)
+    return mask, time.perf_counter() - start
+
+
+def _write(loaded: _Loaded, mask: np.ndarray, out_dir: str, model_name: str,
+           overlay: bool) -> dict[str, float]:
+    """Writes mask, overlay and sidecar (last) of one image; returns its stage timings."""
+    timings = loaded.timings
     start = time.perf_counter()
     paths = output_paths(out_dir, loaded.item.stem, overlay)
     fractions = imageio.label_fractions(mask, loaded.labels)
@@ -246,7 +253,8 @@ def _finish(loaded: _Loaded, scores, features, config: SegmentConfig, out_dir: s
 def run_dataset(items: Sequence[Item], clip, config: SegmentConfig, out_dir: str,
                 batch_size: int = 8, *, model_name: str = "", overlay: bool = False,
                 overwrite: bool = False, make_progress: Optional[Callable[[int], object]] = None,
-                report: Optional[Callable[[str, str, Optional[str]], None]] = None) -> RunSummary:
+                report: Optional[Callable[[str, str, Optional[str]], None]] = None,
+                mesh=None, refine_workers: Optional[int] = 0) -> RunSummary:
     """Segments every item not yet complete in ``out_dir``.
 
     Args:
@@ -262,6 +270,10 @@ def run_dataset(items: Sequence[Item], clip, config: SegmentConfig, out_dir: str
       make_progress: optional ``make_progress(total)`` -> an object with ``update(n)`` and
         ``close()`` (e.g. a tqdm bar), advanced once per image.
       report: called as ``report(path, reason, traceback_text)`` for each failure.
+      mesh: optional device mesh (``jaxseg.sharding.data_mesh``); the batch size is
+        rounded up to a multiple of its devices.
+      refine_workers: refinement worker processes (0: inline in this thread; None:
+        one per core). A run of one image always refines inline.
 
     Returns:
       A :class:`RunSummary`.
@@ -269,16 +281,18 @@ def run_dataset(items: Sequence[Item], clip, config: SegmentConfig, out_dir: str
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     os.makedirs(out_dir, exist_ok=True)
-    imageio.remove_stale_temporaries(out_dir)
+    imageio.remove_stale_temporaries(out_dir, {
+        os.path.basename(path) for item in items for path in output_paths(out_dir, item.stem, True)})
     work, skipped = select_work(items, out_dir, overwrite, overlay)
     summary = RunSummary(skipped=skipped)
-    batch_size = min(batch_size, max(1, len(work)))
+    batch_size = device_batch_size(min(batch_size, max(1, len(work))), mesh)
     progress = make_progress(len(work)) if make_progress is not None else None
     started = time.perf_counter()
     handoff: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES * batch_size)
     stop = threading.Event()
-    producer = threading.Thread(target=_produce, args=(work, clip, config, batch_size, handoff,
-                                                       stop), name="jaxseg-device", daemon=True)
+    producer = threading.Thread(target=_produce, args=(work, clip, config, batch_size, mesh,
+                                                       handoff, stop),
+                                name="jaxseg-device", daemon=True)
 
     def fail(item: Item, error: BaseException, trace: Optional[str]) -> None:
         reason = str(error) if isinstance(error, imageio.ImageReadError) else (
@@ -288,15 +302,24 @@ def run_dataset(items: Sequence[Item], clip, config: SegmentConfig, out_dir: str
         if report is not None:
             report(item.path, reason, trace)
 
-    producer.start()
-    try:
+    def refine_jobs():
+        # Producer failures are reported here, in order; good entries go to the pool.
         while (entry := handoff.get()) is not _DONE:
             if isinstance(entry[1], BaseException):
                 fail(*entry)
+                if progress is not None:
+                    progress.update(1)
             else:
-                loaded = entry[0]
+                loaded, scores, features = entry
+                yield loaded, (loaded.image, scores, features, config)
+
+    producer.start()
+    try:
+        with RefinePool(0 if len(work) <= 1 else refine_workers) as pool:
+            for loaded, future in pool.imap(timed_refine, refine_jobs()):
                 try:
-                    timings = _finish(*entry, config, out_dir, model_name, overlay)
+                    mask, loaded.timings["refine"] = future.result()
+                    timings = _write(loaded, mask, out_dir, model_name, overlay)
                 except Exception as error:  # noqa: BLE001 - reported per image; the run goes on.
                     fail(loaded.item, error, traceback.format_exc())
                 else:
@@ -304,8 +327,8 @@ def run_dataset(items: Sequence[Item], clip, config: SegmentConfig, out_dir: str
                     for stage, seconds in timings.items():
                         total = summary.stage_seconds.get(stage, 0.0)
                         summary.stage_seconds[stage] = total + seconds
-            if progress is not None:
-                progress.update(1)
+                if progress is not None:
+                    progress.update(1)
     finally:
         stop.set()
         producer.join(timeout=5.0)

@@ -121,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="JAX compilation cache folder (default %(default)s)")
     run.add_argument("--no-compile-cache", action="store_true",
                      help="do not read or write the compilation cache")
+    scale = parser.add_argument_group(
+        "devices and hosts", "each process shards its batches over its local devices and "
+        "refines in worker processes; several processes (auto-detected under SLURM, Open MPI "
+        "and multi-host TPU slices, or given by the three flags below) each take a disjoint "
+        "share of the images, writing into the same --out")
+    scale.add_argument("--max-devices", type=int, metavar="D",
+                       help="use at most D local devices (default: all)")
+    scale.add_argument("--refine-workers", type=int, metavar="W",
+                       help="refinement worker processes (default: one per core; 0: refine in "
+                            "the main process)")
+    scale.add_argument("--coordinator-address", metavar="HOST:PORT",
+                       help="jax.distributed coordinator (process 0's address)")
+    scale.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    scale.add_argument("--process-id", type=int, metavar="I", help="this process, 0 .. N-1")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     run.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
@@ -231,21 +245,38 @@ def _warnings_to(console: _Console):
 
 
 def _run(args, console: _Console) -> int:
+    from jaxseg import sharding
+
+    # jax.distributed must connect before anything else touches JAX.
+    sharding.initialize_distributed(args.coordinator_address, args.num_processes,
+                                    args.process_id, auto=True)
+    import jax
+
     from jaxseg import runner
     from jaxseg.loader import load_clip
 
     config = _config(args)
     dataset = _dataset(args)
+    if args.max_devices is not None and args.max_devices < 1:
+        raise UsageError(f"--max-devices must be >= 1, got {args.max_devices}")
     configure_compile_cache(None if args.no_compile_cache else args.compile_cache)
     clip = load_clip(args.model)
-    items, failures = runner.prepare_items(dataset.items, clip, config, console.warn)
-    failures = dataset.failures + failures
+    items, failures = dataset.items, dataset.failures
+    if jax.process_count() > 1:
+        # Every process lists the dataset; each runs its own share, process 0 reports listing errors.
+        items = sharding.process_share(items)
+        failures = failures if jax.process_index() == 0 else []
+    items, unfit = runner.prepare_items(items, clip, config, console.warn)
+    failures = failures + unfit
     for path, reason in failures:
         console.failure(path, reason)
+    mesh = sharding.data_mesh(args.max_devices)
     summary = runner.run_dataset(items, clip, config, args.out, args.batch_size,
                                  model_name=args.model, overlay=args.overlay,
                                  overwrite=args.overwrite, make_progress=console.progress,
-                                 report=console.failure)
+                                 report=console.failure, mesh=mesh if mesh.size > 1 else None,
+                                 refine_workers=args.refine_workers)
+    sharding.barrier("jaxseg-segment-done")
     console.bar = None
     failures += summary.failures
     if not args.quiet:

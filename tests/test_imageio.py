@@ -152,3 +152,11 @@ def test_overlay_blends_and_adds_a_legend():
 def test_label_fractions():
     mask = np.array([[0, 1], [2, 2]])
     assert imageio.label_fractions(mask, ["a", "b", "c"]) == {"a": 0.25, "b": 0.5, "c": 0.0}
+
+
+def test_remove_stale_temporaries_of_owned_names_only(tmp_path):
+    for name in (".a.png.tmp-1", ".a.json.tmp-2", ".b.png.tmp-3"):
+        (tmp_path / name).write_bytes(b"x")
+    assert imageio.remove_stale_temporaries(tmp_path, {"a.png", "a.json"}) == [
+        ".a.json.tmp-2", ".a.png.tmp-1"]
+    assert (tmp_path / ".b.png.tmp-3").exists()

@@ -1,0 +1,308 @@
+"""Device sharding, multi-process shares and the refinement pool (CPU only).
+
+The multi-device and multi-process checks run in subprocesses: the virtual
+device count (``XLA_FLAGS``) and ``jax.distributed`` must be set before JAX
+starts, which in the pytest process has already happened.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxseg.sharding import (RefinePool, detect_cluster, device_batch_size,
+                             initialize_distributed, process_share)
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+CHILD_TIMEOUT_S = 240  # a hung collective fails the test instead of blocking CI
+
+
+def small_config():
+    from jaxseg.pipeline import SegmentConfig
+    from jaxseg.refine import RefineConfig
+    from jaxseg.tta import TTAConfig
+    return SegmentConfig(tta=TTAConfig(input_size=32, canvas_size=64),
+                         refine=RefineConfig(num_samples=512, steps=20))
+
+
+def small_dataset(count=5):
+    """``[(stem, image [H, W, 3] uint8, labels)]``: sizes and label counts differ (3 or 4
+    labels: one class bucket, so one compiled program per process)."""
+    rng = np.random.RandomState(0)
+    names = ["cat", "dog", "sofa", "car"]
+    data = []
+    for index in range(count):
+        shape = (36 + 4 * index, 48 - 3 * index, 3)
+        image = (rng.rand(*shape) * 255).astype(np.uint8)
+        image[: shape[0] // 2, : shape[1] // 2] //= 3  # a dark block gives the cut an edge
+        data.append((f"img{index:02d}", image, names[: 3 + index % 2]))
+    return data
+
+
+def run_child(call: str, env: dict, timeout: float = CHILD_TIMEOUT_S) -> subprocess.Popen:
+    """Starts ``python -c`` running ``test_sharding.<call>`` with ``env`` added."""
+    code = f"import sys; sys.path.insert(0, {TESTS!r}); import test_sharding; test_sharding.{call}"
+    full_env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", **env)
+    return subprocess.Popen([sys.executable, "-c", code], env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(child: subprocess.Popen, timeout: float = CHILD_TIMEOUT_S) -> str:
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        out, err = child.communicate()
+        pytest.fail(f"child timed out after {timeout} s:\n{err[-3000:]}")
+    assert child.returncode == 0, err[-3000:]
+    return out
+
+
+# ---------------------------------------------------------------- children
+
+
+def child_devices(folder: str, out_path: str) -> None:
+    """4 virtual devices: sharded relevance and masks, saved to ``out_path`` (npz)."""
+    import jax
+    from jaxseg.loader import load_clip
+    from jaxseg.pipeline import label_embeddings, refine_stage
+    from jaxseg.relevance import _compiled_tta, relevance_tta_batch
+    from jaxseg.sharding import data_mesh
+
+    config = small_config()
+    clip = load_clip(folder)
+    data = small_dataset(3)
+    images = [image for _, image, _ in data]
+    embeds = [label_embeddings(clip, labels, config.tta.templates) for _, _, labels in data]
+    mesh = data_mesh()
+    batch = device_batch_size(len(images), mesh)
+    sharded = relevance_tta_batch(clip, images, embeds, config.tta, batch_size=batch, mesh=mesh)
+    # Other image sizes and label counts in the same bucket reuse the sharded program.
+    relevance_tta_batch(clip, images[::-1][:2], embeds[::-1][:2], config.tta, batch_size=batch,
+                        mesh=mesh)
+    arrays = {"local_devices": len(jax.local_devices()), "mesh_size": mesh.size, "batch": batch,
+              "programs": _compiled_tta(clip.config, clip.dtype, config.tta, -1, False)
+              ._cache_size()}
+    for i, (image, (scores, features)) in enumerate(zip(images, sharded)):
+        arrays.update({f"scores{i}": scores, f"features{i}": features,
+                       f"mask{i}": refine_stage(image, scores, features, config)})
+    np.savez(out_path, **arrays)
+
+
+def child_process(folder: str, port: int, index: int, out_dir: str) -> None:
+    """One of two ``jax.distributed`` processes: segments its share, then waits for all."""
+    from jaxseg.sharding import barrier
+    assert initialize_distributed(f"127.0.0.1:{port}", 2, index, timeout_s=60)
+    import jax
+    from jaxseg.imageio import atomic_write
+    from jaxseg.loader import load_clip
+    from jaxseg.pipeline import segment
+
+    clip = load_clip(folder)
+    config = small_config()
+    mine = process_share(small_dataset())
+    for stem, image, labels in mine:
+        with atomic_write(os.path.join(out_dir, f"{stem}.npy")) as handle:
+            np.save(handle, segment(clip, image, labels, config).mask)
+    with open(os.path.join(out_dir, f"done_{index}.json"), "w") as handle:
+        json.dump({"stems": [stem for stem, _, _ in mine], "process_index": jax.process_index(),
+                   "process_count": jax.process_count()}, handle)
+    barrier("jaxseg-test-done")
+    # Both lists exist once everyone passed the barrier.
+    assert all(os.path.exists(os.path.join(out_dir, f"done_{i}.json")) for i in range(2))
+
+
+def child_initialize_late() -> None:
+    import jax
+    jax.devices()
+    try:
+        initialize_distributed("127.0.0.1:1", 2, 0)
+    except ValueError as error:
+        print(json.dumps({"error": str(error)}))
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_four_virtual_devices_match_one_device(tiny_checkpoint, tiny_clip, tmp_path):
+    from jaxseg.pipeline import label_embeddings, refine_stage
+    from jaxseg.relevance import relevance_tta_batch
+    out_path = str(tmp_path / "sharded.npz")
+    finish(run_child(f"child_devices({tiny_checkpoint[0]!r}, {out_path!r})",
+                     {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}))
+    sharded = np.load(out_path)
+    assert (sharded["local_devices"], sharded["mesh_size"], sharded["batch"]) == (4, 4, 4)
+    assert sharded["programs"] == 1  # one sharded program for the bucket
+    # Each image alone on this process's single device (the program ``segment`` uses).
+    config = small_config()
+    data = small_dataset(3)
+    single = [relevance_tta_batch(tiny_clip, [image], [label_embeddings(
+        tiny_clip, labels, config.tta.templates)], config.tta)[0] for _, image, labels in data]
+    masks = []
+    for i, ((_, image, _), (scores, features)) in enumerate(zip(data, single)):
+        np.testing.assert_allclose(sharded[f"scores{i}"], scores, atol=1e-5)
+        np.testing.assert_allclose(sharded[f"features{i}"], features, atol=1e-5)
+        masks.append(refine_stage(image, scores, features, config))
+        np.testing.assert_array_equal(sharded[f"mask{i}"], masks[-1])
+    # The masks are not trivially equal (all background): some labels won pixels.
+    assert any(len(np.unique(mask)) > 1 for mask in masks)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_write_the_single_process_masks(tiny_checkpoint, tiny_clip, tmp_path):
+    from jaxseg.pipeline import segment
+    port = free_port()
+    children = [run_child(f"child_process({tiny_checkpoint[0]!r}, {port}, {index}, "
+                          f"{str(tmp_path)!r})", {}) for index in range(2)]
+    for child in children:
+        finish(child)
+    done = [json.load(open(tmp_path / f"done_{index}.json")) for index in range(2)]
+    assert [d["process_index"] for d in done] == [0, 1]
+    assert all(d["process_count"] == 2 for d in done)
+    shares = [set(d["stems"]) for d in done]
+    assert shares[0] and shares[1] and not shares[0] & shares[1]
+    data = small_dataset()
+    assert shares[0] | shares[1] == {stem for stem, _, _ in data}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".npy") == sorted(
+        f"{stem}.npy" for stem, _, _ in data)
+    config = small_config()
+    for stem, image, labels in data:
+        expected = segment(tiny_clip, image, labels, config).mask
+        np.testing.assert_array_equal(np.load(tmp_path / f"{stem}.npy"), expected)
+
+
+def test_process_share_is_disjoint_covering_and_order_free():
+    items = [(f"{i:03d}", f"/data/{i:03d}.jpg", ["cat"]) for i in range(11)]
+    shares = [process_share(items, index, 3) for index in range(3)]
+    stems = [[item[0] for item in share] for share in shares]
+    assert sorted(sum(stems, [])) == sorted(item[0] for item in items)
+    assert [len(share) for share in shares] == [4, 4, 3]
+    shuffled = [items[i] for i in np.random.RandomState(1).permutation(len(items))]
+    assert [process_share(shuffled, index, 3) for index in range(3)] == shares
+    assert process_share(["b/x.jpg", "a/y.png", "c/w.jpg"], 0, 2) == ["c/w.jpg", "a/y.png"]
+    assert process_share(items) == sorted(items)  # one process without jax.distributed
+    with pytest.raises(ValueError, match="process_index 3"):
+        process_share(items, 3, 3)
+
+
+def test_device_batch_size_rounds_up_to_the_mesh():
+    class FakeMesh:
+        size = 4
+    assert [device_batch_size(b, FakeMesh()) for b in (1, 4, 5, 8)] == [4, 4, 8, 8]
+    assert device_batch_size(3, None) == 3
+    with pytest.raises(ValueError, match="batch_size"):
+        device_batch_size(0, None)
+
+
+def test_initialize_distributed_rejects_bad_flags(monkeypatch):
+    for name in ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "TPU_PROCESS_ADDRESSES",
+                 "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(name, raising=False)
+    assert detect_cluster() is None
+    assert initialize_distributed() is False
+    assert initialize_distributed(auto=True) is False
+    with pytest.raises(ValueError, match="missing --num-processes, --process-id"):
+        initialize_distributed("127.0.0.1:1234")
+    with pytest.raises(ValueError, match="missing --coordinator-address"):
+        initialize_distributed(num_processes=2, process_id=0)
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        initialize_distributed("127.0.0.1", 2, 0)
+    with pytest.raises(ValueError, match="process id 2"):
+        initialize_distributed("127.0.0.1:1234", 2, 2)
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "host-a,host-b")
+    assert detect_cluster() == "tpu"
+
+
+def test_initialize_after_jax_started_is_a_clear_error():
+    out = finish(run_child("child_initialize_late()", {}))
+    assert "must run before any JAX computation" in json.loads(out.strip().splitlines()[-1])[
+        "error"]
+
+
+# ---------------------------------------------------------------- refinement pool
+
+
+def slow_square(value: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return value * value
+
+
+def fail_on_three(value: int) -> int:
+    if value == 3:
+        raise ValueError("three")
+    return value
+
+
+def worker_settings() -> tuple:
+    import jax
+    return jax.default_backend(), jax.config.values["jax_compilation_cache_dir"]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with RefinePool(workers=2, max_in_flight=3) as refine_pool:
+        yield refine_pool
+
+
+def test_pool_keeps_order_and_bounds_in_flight_jobs(pool):
+    taken = []
+
+    def jobs():
+        for value in range(8):
+            taken.append(value)
+            yield value, (value, 0.2 if value % 2 == 0 else 0.0)  # later jobs finish first
+
+    results = []
+    for tag, future in pool.imap(slow_square, jobs()):
+        assert len(taken) - len(results) <= pool.max_in_flight
+        results.append((tag, future.result()))
+    assert results == [(value, value * value) for value in range(8)]
+    outcomes = [(tag, future.exception()) for tag, future in pool.imap(
+        fail_on_three, ((v, (v,)) for v in range(5)))]
+    assert [tag for tag, _ in outcomes] == list(range(5))
+    assert isinstance(outcomes[3][1], ValueError) and outcomes[2][1] is None
+
+
+def test_pool_refinement_equals_inline(pool, tiny_clip):
+    from jaxseg.pipeline import refine_stage, relevance_stage
+    config = small_config()
+    data = small_dataset(3)
+    images = [image for _, image, _ in data]
+    # One image per call: the program ``segment`` compiles (shared with the test above).
+    stage = [relevance_stage(tiny_clip, [image], [labels], config)[0]
+             for _, image, labels in data]
+    jobs = [(i, (image, scores, features, config))
+            for i, (image, (scores, features)) in enumerate(zip(images, stage))]
+    pooled = [future.result() for _, future in pool.imap(refine_stage, jobs)]
+    with RefinePool(workers=0) as inline:
+        inline_masks = [future.result() for _, future in inline.imap(refine_stage, jobs)]
+    for mine, theirs in zip(pooled, inline_masks):
+        np.testing.assert_array_equal(mine, theirs)
+    assert any(len(np.unique(mask)) > 1 for mask in pooled), [np.unique(m) for m in pooled]
+
+
+def test_pool_rejects_negative_workers():
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        RefinePool(workers=-1)
+
+
+def test_pool_workers_use_the_cpu_and_the_parent_compile_cache(tmp_path):
+    import jax
+    before = jax.config.values["jax_compilation_cache_dir"]
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+    try:
+        with RefinePool(workers=1) as one:
+            [(_, future)] = list(one.imap(worker_settings, [(0, ())]))
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    assert future.result() == ("cpu", str(tmp_path))
