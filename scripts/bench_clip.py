@@ -27,14 +27,19 @@ import jaxseg  # noqa: E402
 from benchlib import median_seconds  # noqa: E402
 from checkpoints import VIT_B16_VISION, VIT_B_TEXT, make_checkpoint  # noqa: E402
 
-# Run in a child process so the parent's PyTorch model does not count.
+# Run in a child process so the parent's PyTorch model does not count. VmHWM (this
+# process's peak RSS) rather than ru_maxrss, which keeps the forking parent's peak.
 LOAD_PROBE = """
-import resource, sys, jaxseg, jax
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import sys, jax, jaxseg
+def peak_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+import jaxseg.loader
+before = peak_mib()
 clip = jaxseg.load_clip(sys.argv[1])
 jax.block_until_ready(clip.params)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(before / 1024, after / 1024)
+print(before, peak_mib())
 """
 
 
