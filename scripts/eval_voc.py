@@ -46,19 +46,20 @@ def main() -> None:
                         help="extra arguments for jaxseg.segment, e.g. '--batch-size 16'")
     args = parser.parse_args()
 
+    # Per dataset: (name, its segment arguments, extra arguments for ground-truth labels, GT).
     if args.voc_root:
-        datasets = [(split, ["--dataset", "voc", "--root", args.voc_root, "--split", split],
+        datasets = [(split, ["--dataset", "voc", "--root", args.voc_root, "--split", split], [],
                      os.path.join(args.voc_root, "SegmentationClass")) for split in args.splits]
     else:
-        datasets = [("coco-dev", ["--dataset", "folder", "--root", args.coco_dev, "--labels-file",
-                                  os.path.join(args.coco_dev, "labels_voc20.json")],
+        datasets = [("coco-dev", ["--dataset", "folder", "--root", args.coco_dev],
+                     ["--labels-file", os.path.join(args.coco_dev, "labels_voc20.json")],
                      os.path.join(args.coco_dev, "masks_voc20"))]
     extra = shlex.split(args.segment_args) + (["--limit", str(args.limit)] if args.limit else [])
     rows = []
-    for name, dataset, gt in datasets:
-        for mode, label_args in (("ground truth", []), ("auto (VOC vocabulary)",
-                                                         ["--labels", "auto", "--vocab", "voc"])):
-            tag = f"{name}-{'auto' if label_args else 'gt'}"
+    for name, dataset, gt_labels, gt in datasets:
+        for mode, label_args in (("ground truth", gt_labels), ("auto (VOC vocabulary)",
+                                                               ["--labels", "auto", "--vocab", "voc"])):
+            tag = f"{name}-{'auto' if '--vocab' in label_args else 'gt'}"
             pred = os.path.join(args.out, tag)
             run([sys.executable, "-m", "jaxseg.segment", *dataset, *label_args, "--model",
                  args.model, "--out", pred, "--quiet", *extra])
