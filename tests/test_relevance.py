@@ -141,3 +141,14 @@ def test_batch_equals_single_images(tiny_clip):
         alone = jaxseg.relevance_tta(tiny_clip, image, text, SMALL_TTA)
         np.testing.assert_allclose(scores, alone, atol=1e-5)
         assert features.shape == (4, 4, 24)
+
+
+def test_flipped_image_gives_flipped_scores_with_a_flip_symmetric_variant_set(tiny_clip):
+    # The full image and its mirror: flipping the image swaps the two variants.
+    tta = jaxseg.TTAConfig(input_size=32, canvas_size=64, scales=(1.0,), flip=True)
+    image = (np.random.RandomState(11).rand(40, 56, 3) * 255).astype(np.uint8)
+    texts = jaxseg.class_embeddings(tiny_clip, ["cat", "dog"], tta.templates)
+    scores = jaxseg.relevance_tta(tiny_clip, image, texts, tta)
+    flipped = jaxseg.relevance_tta(tiny_clip, image[:, ::-1].copy(), texts, tta)
+    assert np.abs(scores - scores[:, :, ::-1]).max() > 1e-2  # the map itself is not symmetric
+    np.testing.assert_allclose(flipped, scores[:, :, ::-1], atol=1e-4)
