@@ -90,3 +90,14 @@ def test_vit_b16_real_size_parity(tmp_path):
     ids = clip.tokenize(["a photo of a cat.", "a clean origami dog."])
     assert relative_error(clip.encode_image(pixels), torch_features(model, pixels)) < 1e-4
     assert relative_error(clip.encode_text(ids), torch_features(model, input_ids=ids)) < 1e-4
+
+
+def test_legacy_config_dicts_take_precedence():
+    from jaxseg.models.config import CLIPConfig
+    config = CLIPConfig.from_dict({
+        "projection_dim": 512,
+        "vision_config": {"hidden_size": None, "patch_size": 32},
+        "vision_config_dict": {"hidden_size": 768, "patch_size": 16},
+        "text_config_dict": {"hidden_size": 512, "eos_token_id": 2}})
+    assert (config.vision.hidden_size, config.vision.patch_size) == (768, 16)
+    assert config.text.eos_token_id == 2 and config.vision.image_size == 224

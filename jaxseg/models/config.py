@@ -55,8 +55,12 @@ class CLIPConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "CLIPConfig":
         """Builds a config from the parsed ``config.json`` of a transformers CLIPModel."""
-        vision = _subconfig(VisionConfig, raw.get("vision_config") or {}, "vision_config")
-        text = _subconfig(TextConfig, raw.get("text_config") or {}, "text_config")
+        # Older hub configs (e.g. OpenAI's) also carry `*_config_dict`; like transformers,
+        # its values take precedence.
+        vision = _subconfig(VisionConfig, {**(raw.get("vision_config") or {}),
+                                           **(raw.get("vision_config_dict") or {})}, "vision_config")
+        text = _subconfig(TextConfig, {**(raw.get("text_config") or {}),
+                                       **(raw.get("text_config_dict") or {})}, "text_config")
         return cls(vision=vision, text=text,
                    projection_dim=int(raw.get("projection_dim", cls.projection_dim)))
 
