@@ -25,7 +25,7 @@ import optax
 import scipy.linalg
 from skimage.color import rgb2lab
 
-from jaxseg._imaging import resize_image, resize_maps
+from jaxseg._imaging import resize_image, resize_maps, sample_maps
 from jaxseg.graphcut import MIN_PROBABILITY, alpha_expansion
 
 
@@ -188,7 +188,7 @@ def _encode_pixels(image: np.ndarray, reduced: np.ndarray | None, config: Refine
         return np.pad(lab, ((0, 0), (0, 2 + config.feature_dims))), index.ravel()
     position = np.stack(np.divmod(pixels, width), 1) / max(height, width) * config.position_weight
     dense = (np.zeros((len(pixels), config.feature_dims)) if reduced is None
-             else resize_maps(reduced, (height, width)).reshape(len(reduced), -1)[:, pixels].T)
+             else sample_maps(reduced, pixels, (height, width)).T)
     table = np.concatenate([lab[index.ravel()], position, dense], axis=1).astype(np.float32)
     return table, np.arange(len(pixels))
 

@@ -163,3 +163,13 @@ def test_stage_functions_reject_mismatched_shapes():
         graph_cut(image, np.full((2, 8, 9), 0.5, np.float32))
     with pytest.raises(ValueError, match="pseudo"):
         distill(image, np.zeros((9, 8), np.int32), 1)
+
+
+def test_sampled_feature_maps_equal_the_resized_maps_at_those_pixels():
+    from jaxseg._imaging import resize_maps, sample_maps
+    rng = np.random.RandomState(0)
+    for grid, size in [((14, 14), (300, 225)), ((14, 19), (37, 53)), ((6, 6), (4, 5))]:
+        maps = rng.randn(8, *grid).astype(np.float32)
+        pixels = rng.randint(0, size[0] * size[1], 500)
+        expected = resize_maps(maps, size).reshape(8, -1)[:, pixels]
+        np.testing.assert_allclose(sample_maps(maps, pixels, size), expected, atol=1e-5)
