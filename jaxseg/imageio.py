@@ -64,16 +64,37 @@ def voc_palette() -> np.ndarray:
     return palette
 
 
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Any common image array -> uint8 ``[H, W, 3]`` RGB.
+
+    Accepts ``[H, W]`` grey, ``[H, W, 1|3|4]`` (alpha dropped), uint8, uint16
+    (``v * 255 / 65535`` rounded, the rule of ``read_image``) or float in [0, 1].
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape:
+        raise ValueError(f"image must be [H, W], [H, W, 3] or [H, W, 4] and non-empty, got "
+                         f"shape {image.shape}")
+    if image.dtype == np.uint16:
+        image = np.round(image * (255.0 / 65535.0)).astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.floating):
+        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"image dtype {image.dtype} is not supported; use uint8, uint16 or "
+                         "float in [0, 1]")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[..., :3])
+
+
 def _to_rgb(image: Image.Image) -> np.ndarray:
     """Any PIL image -> uint8 ``[H, W, 3]`` (rules in the module docstring)."""
     mode = image.mode
     if mode.startswith("I;16") or mode == "I":
-        values = np.asarray(image).astype(np.float64)
-        grey = np.clip(np.round(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
+        return as_rgb_uint8(np.clip(np.asarray(image), 0, 65535).astype(np.uint16))
     if mode == "F":
-        grey = np.clip(np.round(np.asarray(image, np.float64) * 255.0), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
+        return as_rgb_uint8(np.asarray(image, np.float32))
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     elif mode in ("LA", "PA", "La", "RGBa"):

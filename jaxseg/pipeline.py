@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from jaxseg.autolabel import AutoLabelConfig, auto_labels
+from jaxseg.imageio import as_rgb_uint8
 from jaxseg.refine import RefineConfig, refine
 from jaxseg.relevance import class_embeddings, relevance_tta_batch
 from jaxseg.tta import TTAConfig
@@ -85,30 +86,6 @@ def clean_labels(labels: Sequence[str]) -> list[str]:
             kept.append(text)
             seen.add(key)
     return kept
-
-
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Any common image array -> uint8 ``[H, W, 3]`` RGB.
-
-    Accepts ``[H, W]`` grey, ``[H, W, 1|3|4]`` (alpha dropped), uint8, uint16
-    (scaled by 257) or float in [0, 1].
-    """
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape:
-        raise ValueError(f"image must be [H, W], [H, W, 3] or [H, W, 4] and non-empty, got "
-                         f"shape {image.shape}")
-    if image.dtype == np.uint16:
-        image = (image // 257).astype(np.uint8)
-    elif np.issubdtype(image.dtype, np.floating):
-        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ValueError(f"image dtype {image.dtype} is not supported; use uint8, uint16 or "
-                         "float in [0, 1]")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    return np.ascontiguousarray(image[..., :3])
 
 
 @functools.lru_cache(maxsize=8192)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxseg.models.clip import CLIPModel, model_for
+from jaxseg.models.clip import CLIPModel, model_for, unit_norm
 from jaxseg import tta as tta_lib
 from jaxseg.models.config import CLIPConfig
 from jaxseg.models.vision import check_pixel_values
@@ -59,8 +59,8 @@ def class_scores(logit_scale: jax.Array, image_embeds: jax.Array, text_embeds: j
       class_mask: optional ``[K]`` or ``[B, K]`` bool; False marks padding classes.
       softmax: softmax over classes (padding excluded) instead of raw logits.
     """
-    image = _unit(image_embeds.astype(jnp.float32))
-    text = _unit(text_embeds.astype(jnp.float32))
+    image = unit_norm(image_embeds.astype(jnp.float32))
+    text = unit_norm(text_embeds.astype(jnp.float32))
     text = jnp.broadcast_to(text, image.shape[:1] + text.shape[-2:])
     logits = jnp.exp(logit_scale) * jnp.einsum("bp,bkp->bk", image, text)
     if softmax:
@@ -68,11 +68,6 @@ def class_scores(logit_scale: jax.Array, image_embeds: jax.Array, text_embeds: j
             logits = jnp.where(class_mask, logits, -jnp.inf)
         logits = jax.nn.softmax(logits, axis=-1)
     return logits
-
-
-def _unit(x: jax.Array) -> jax.Array:
-    # The floor keeps zero-padding classes finite (their maps are discarded).
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def relevance_maps(params: Params, pixel_values: jax.Array, text_embeds: jax.Array, *,

@@ -53,8 +53,8 @@ class CLIPModel(nn.Module):
 
     def logits(self, image_embeds: jax.Array, text_embeds: jax.Array) -> jax.Array:
         """``exp(logit_scale) * cos`` between ``[B, P]`` and ``[N, P]`` -> ``[B, N]`` (float32)."""
-        image = _unit(image_embeds.astype(jnp.float32))
-        text = _unit(text_embeds.astype(jnp.float32))
+        image = unit_norm(image_embeds.astype(jnp.float32))
+        text = unit_norm(text_embeds.astype(jnp.float32))
         return jnp.exp(self.logit_scale) * image @ text.T
 
     def vision_embed(self, pixel_values: jax.Array) -> jax.Array:
@@ -76,8 +76,13 @@ class CLIPModel(nn.Module):
         return self.visual_projection(self.vision_model.patch_features(tokens))
 
 
-def _unit(x: jax.Array) -> jax.Array:
-    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+def unit_norm(x: jax.Array) -> jax.Array:
+    """``x`` scaled to unit L2 norm along the last axis.
+
+    The floor keeps all-zero rows (padding classes in relevance) finite; real
+    embeddings are never that small.
+    """
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 @functools.lru_cache(maxsize=None)
