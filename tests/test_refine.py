@@ -75,6 +75,18 @@ def test_pseudo_labels_thresholds_are_relative_to_each_map():
     np.testing.assert_array_equal(pseudo_labels(scores, config), [[0, -1, 2, 1]])
 
 
+def test_background_needs_low_scores_all_around_it():
+    scores = np.zeros((1, 40, 40), np.float32)
+    scores[0, 10:20, 10:20] = 1.0
+    # 0.035 of the short side rounds to a 1-pixel margin: a 3 x 3 neighbourhood.
+    labels = pseudo_labels(scores, RefineConfig(background_margin=0.035))
+    assert labels[9, 15] == -1 and labels[9, 9] == -1  # touches the object's scores
+    assert labels[8, 15] == 0 and labels[30, 30] == 0
+    assert (labels[10:20, 10:20] == 1).all()
+    without_margin = pseudo_labels(scores, RefineConfig(background_margin=0.0))
+    assert without_margin[9, 15] == 0 and without_margin[9, 9] == 0
+
+
 def test_score_probabilities_argmax_is_thresholded_argmax():
     scores = np.random.default_rng(0).random((3, 9, 9)).astype(np.float32)
     config = RefineConfig()
