@@ -165,7 +165,7 @@ def voc_annotation_labels(xml_path: str) -> list[str]:
         if name and name not in names:
             names.append(name)
     order = {name: index for index, name in enumerate(VOC_CLASSES)}
-    return sorted(names, key=lambda name: (order.get(name, len(order)), names.index(name)))
+    return sorted(names, key=lambda name: order.get(name, len(order)))  # stable: ties keep file order
 
 
 def voc_dataset(root: str, split: str = "val", labels: Optional[Labels] = None) -> Dataset:

@@ -23,6 +23,7 @@ file that :func:`remove_stale_temporaries` deletes on the next run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -50,8 +51,12 @@ class ImageReadError(Exception):
         self.path, self.reason = os.fspath(path), reason
 
 
+@functools.lru_cache(maxsize=1)
 def voc_palette() -> np.ndarray:
-    """The PASCAL VOC colour map: uint8 ``[256, 3]`` (bits of the index interleaved into RGB)."""
+    """The PASCAL VOC colour map: uint8 ``[256, 3]`` (bits of the index interleaved into RGB).
+
+    Built once (every written mask and overlay uses it) and returned read-only.
+    """
     palette = np.zeros((256, 3), np.uint8)
     for index in range(256):
         value, red, green, blue = index, 0, 0, 0
@@ -61,6 +66,7 @@ def voc_palette() -> np.ndarray:
             blue |= ((value >> 2) & 1) << shift
             value >>= 3
         palette[index] = red, green, blue
+    palette.setflags(write=False)
     return palette
 
 
@@ -269,13 +275,14 @@ def overlay_image(image: np.ndarray, mask: np.ndarray, labels: Sequence[str],
     if factor > 1:
         image = image.repeat(factor, axis=0).repeat(factor, axis=1)
         mask = np.asarray(mask).repeat(factor, axis=0).repeat(factor, axis=1)
-    colours = voc_palette()[np.asarray(mask, np.int64)].astype(np.float32)
+    palette = voc_palette()
+    colours = palette[np.asarray(mask, np.int64)].astype(np.float32)
     blended = np.where((np.asarray(mask) > 0)[..., None],
                        (1 - _OVERLAY_ALPHA) * image + _OVERLAY_ALPHA * colours, image)
     height, width = blended.shape[:2]
     font_size = int(np.clip(width / 40, 12, 64))
     font = _font(font_size)
-    entries = [(voc_palette()[i + 1], name + (f" ({100 * fractions.get(name, 0.0):.1f}%)"
+    entries = [(palette[i + 1], name + (f" ({100 * fractions.get(name, 0.0):.1f}%)"
                                               if fractions is not None else ""))
                for i, name in enumerate(labels)] or [(None, "no labels: all background")]
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -287,7 +294,7 @@ def overlay_image(image: np.ndarray, mask: np.ndarray, labels: Sequence[str],
         if row and used + entry_width > width:
             rows.append(row)
             row, used = [], pad
-        row.append((colour, text))
+        row.append((colour, text, text_width))
         used += entry_width
     rows.append(row)
     line = font_size + pad
@@ -296,13 +303,13 @@ def overlay_image(image: np.ndarray, mask: np.ndarray, labels: Sequence[str],
     draw = ImageDraw.Draw(canvas)
     for row_index, row in enumerate(rows):
         top, left = height + pad + row_index * line, pad
-        for colour, text in row:
+        for colour, text, text_width in row:
             if colour is not None:
                 draw.rectangle([left, top, left + swatch, top + swatch],
                                fill=tuple(colour.tolist()), outline=(0, 0, 0))
                 left += swatch + pad
             draw.text((left, top), text, fill=(0, 0, 0), font=font)
-            left += measure.textlength(text, font=font) + 2 * pad
+            left += text_width + 2 * pad
     return canvas
 
 

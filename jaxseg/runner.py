@@ -295,9 +295,8 @@ def run_dataset(items: Sequence[Item], clip, config: SegmentConfig, out_dir: str
                                 name="jaxseg-device", daemon=True)
 
     def fail(item: Item, error: BaseException, trace: Optional[str]) -> None:
-        reason = str(error) if isinstance(error, imageio.ImageReadError) else (
+        reason = error.reason if isinstance(error, imageio.ImageReadError) else (
             f"{type(error).__name__}: {' '.join(str(error).split())}")
-        reason = reason.removeprefix(f"{item.path}: ")
         summary.failures.append((item.path, reason))
         if report is not None:
             report(item.path, reason, trace)

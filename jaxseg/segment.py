@@ -195,7 +195,7 @@ def _config(args):
             config.refine, steps=args.refine_steps))
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.labels and args.labels.strip().lower() == "auto":
+    if _parse_labels(args.labels) == "auto":
         load_vocabulary(args.vocab)  # a bad --vocab is a usage error before any work
     return config
 

@@ -61,12 +61,11 @@ def batches_by_bucket(items, batch_size: int):
 
 def device_stage(clip, batch, config, batch_size: int, mesh):
     """Relevance of one batch of ``(stem, image, labels)``: ``[(image, scores, features)]``."""
-    from jaxseg.pipeline import label_embeddings
-    from jaxseg.relevance import relevance_tta_batch
-    embeds = [label_embeddings(clip, labels, config.tta.templates) for _, _, labels in batch]
-    results = relevance_tta_batch(clip, [image for _, image, _ in batch], embeds, config.tta,
-                                  config.start_layer, config.softmax, batch_size, mesh)
-    return [(image, scores, features) for (_, image, _), (scores, features) in zip(batch, results)]
+    from jaxseg.pipeline import relevance_stage
+    images = [image for _, image, _ in batch]
+    results = relevance_stage(clip, images, [labels for _, _, labels in batch], config,
+                              batch_size, mesh)
+    return [(image, scores, features) for image, (scores, features) in zip(images, results)]
 
 
 def run_sequential(clip, batches, config, batch_size, mesh, pool) -> list:

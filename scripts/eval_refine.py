@@ -38,6 +38,7 @@ Usage: python scripts/eval_refine.py [--data ../shared/data/coco-dev] [--limit N
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -49,10 +50,10 @@ from scipy.ndimage import gaussian_filter
 
 from jaxseg._imaging import resize_image, resize_maps
 from jaxseg.refine import RefineConfig, normalize_scores, refine
+from jaxseg.vocab import VOC_CLASSES
 
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-               "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-               "sheep", "sofa", "train", "tvmonitor")
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/coco-dev"
+NUM_CLASS_IDS = 256  # class ids are < 256 in both label sets
 PATCHES_SHORT_SIDE = 14
 
 
@@ -112,7 +113,7 @@ def load_label_set(data: Path, label_set: str):
     """Yields (image id, uint8 image, int32 GT mask with -1 void, class ids of the K labels)."""
     if label_set == "voc20":
         labels = json.loads((data / "labels_voc20.json").read_text())
-        name_to_id = {name: index for index, name in enumerate(VOC_CLASSES)}
+        name_to_id = {name: index for index, name in enumerate(VOC_CLASSES, start=1)}
         mask_dir, void = data / "masks_voc20", 255
     else:
         labels = json.loads((data / "labels.json").read_text())
@@ -133,6 +134,16 @@ def coarse_maps(image_id: str, gt: np.ndarray, class_ids: list[int]) -> np.ndarr
     return np.stack(maps) if maps else np.zeros((0,) + gt.shape, np.float32)
 
 
+def add_prediction(confusion: np.ndarray, gt: np.ndarray, class_ids: list[int],
+                   prediction: np.ndarray) -> None:
+    """Adds a ``[H, W]`` prediction (0 background, k the k-th of ``class_ids``) to the
+    ``[NUM_CLASS_IDS, NUM_CLASS_IDS]`` confusion (rows: ground truth; void -1 ignored)."""
+    predicted = np.array([0] + class_ids, np.int64)[prediction]
+    valid = gt >= 0
+    confusion += np.bincount(gt[valid] * NUM_CLASS_IDS + predicted[valid],
+                             minlength=NUM_CLASS_IDS ** 2).reshape(NUM_CLASS_IDS, NUM_CLASS_IDS)
+
+
 def miou(confusion: np.ndarray) -> float:
     """Mean IoU over the classes present in the ground truth (rows)."""
     intersection = np.diag(confusion)
@@ -151,23 +162,16 @@ def evaluate(data: Path, label_set: str,
         "(c) full stage (distillation + graph cut)": lambda im, s: refine(im, s, None, config),
         "(d) dense CRF (CLIP-ES settings)": dense_crf,
     }
-    size = 256  # class ids are < 256 in both label sets
-    confusions = {name: np.zeros((size, size), np.int64) for name in methods}
+    confusions = {name: np.zeros((NUM_CLASS_IDS, NUM_CLASS_IDS), np.int64) for name in methods}
     seconds = {name: 0.0 for name in methods}
     count = 0
-    for image_id, image, gt, class_ids in load_label_set(data, label_set):
-        if limit is not None and count >= limit:
-            break
+    for image_id, image, gt, class_ids in itertools.islice(load_label_set(data, label_set), limit):
         scores = coarse_maps(image_id, gt, class_ids)
-        lookup = np.array([0] + class_ids, np.int64)
-        valid = gt >= 0
         for name, method in methods.items():
             start = time.perf_counter()
             prediction = method(image, scores)
             seconds[name] += time.perf_counter() - start
-            predicted = lookup[prediction]
-            confusions[name] += np.bincount(gt[valid] * size + predicted[valid],
-                                            minlength=size * size).reshape(size, size)
+            add_prediction(confusions[name], gt, class_ids, prediction)
         count += 1
     return {name: (miou(confusions[name]), seconds[name] / max(count, 1)) for name in methods}, count
 
@@ -192,8 +196,7 @@ def time_target(data: Path, repeats: int = 3) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_data = Path(__file__).resolve().parents[2] / "shared/data/coco-dev"
-    parser.add_argument("--data", type=Path, default=default_data)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--sets", nargs="+", default=["voc20", "coco"], choices=["voc20", "coco"])
     args = parser.parse_args()

@@ -23,6 +23,7 @@ Usage: python scripts/refine_ceiling.py [--data ../shared/data/coco-dev] [--limi
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -31,15 +32,16 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt
 
 import jaxseg.refine
-from eval_refine import PATCHES_SHORT_SIDE, coarse_maps, load_label_set, miou
+from eval_refine import (DEFAULT_DATA, NUM_CLASS_IDS, PATCHES_SHORT_SIDE, add_prediction,
+                         coarse_maps, load_label_set, miou)
 from jaxseg.refine import RefineConfig, refine
 
 DISTANCE_BINS = (0.0, 0.5, 1.0, 2.0, 4.0, np.inf)
 
 
-def seeds_from_truth(truth: np.ndarray, class_ids: list[int], everywhere: bool):
-    """A stand-in for ``pseudo_labels`` that labels its pixels by ``truth`` (-1 void)."""
-    default = jaxseg.refine.pseudo_labels
+def seeds_from_truth(truth: np.ndarray, class_ids: list[int], everywhere: bool, default):
+    """A stand-in for ``pseudo_labels`` that labels its pixels by ``truth`` (-1 void):
+    every pixel, or only those the ``default`` pseudo-labels are confident about."""
 
     def pseudo_labels(scores: np.ndarray, config: RefineConfig) -> np.ndarray:
         height, width = scores.shape[1:]
@@ -69,8 +71,7 @@ def error_distances(prediction: np.ndarray, truth: np.ndarray, class_ids: list[i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path,
-                        default=Path(__file__).resolve().parents[2] / "shared/data/coco-dev")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     args = parser.parse_args()
     variants = {
@@ -79,25 +80,22 @@ def main() -> None:
         "ground truth everywhere": (True, RefineConfig()),
         "ground truth everywhere, no prior": (True, RefineConfig(prior_weight=0.0)),
     }
-    confusions = {name: np.zeros((256, 256), np.int64) for name in variants}
+    confusions = {name: np.zeros((NUM_CLASS_IDS, NUM_CLASS_IDS), np.int64) for name in variants}
     distances = np.zeros((2, len(DISTANCE_BINS) - 1), np.int64)
     default_pseudo_labels = jaxseg.refine.pseudo_labels
     start, count = time.perf_counter(), 0
-    for image_id, image, truth, class_ids in load_label_set(args.data, "voc20"):
-        if args.limit is not None and count >= args.limit:
-            break
+    for image_id, image, truth, class_ids in itertools.islice(load_label_set(args.data, "voc20"),
+                                                              args.limit):
         count += 1
         scores = coarse_maps(image_id, truth, class_ids)
-        lookup = np.array([0] + class_ids, np.int64)
-        valid = truth >= 0
         for name, (everywhere, config) in variants.items():
-            jaxseg.refine.pseudo_labels = (default_pseudo_labels if everywhere is None else
-                                           seeds_from_truth(truth, class_ids, everywhere))
-            prediction = lookup[refine(image, scores, None, config)]
-            confusions[name] += np.bincount(truth[valid] * 256 + prediction[valid],
-                                            minlength=256 * 256).reshape(256, 256)
+            jaxseg.refine.pseudo_labels = (
+                default_pseudo_labels if everywhere is None
+                else seeds_from_truth(truth, class_ids, everywhere, default_pseudo_labels))
+            prediction = refine(image, scores, None, config)
+            add_prediction(confusions[name], truth, class_ids, prediction)
             if everywhere is None:
-                distances += error_distances(prediction, truth, class_ids)
+                distances += error_distances(np.array([0] + class_ids)[prediction], truth, class_ids)
     jaxseg.refine.pseudo_labels = default_pseudo_labels
     print(f"VOC-20 full stage, {count} images ({time.perf_counter() - start:.0f} s)\n")
     print("| training pixels | mIoU (%) |\n| --- | ---: |")

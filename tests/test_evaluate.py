@@ -269,9 +269,6 @@ def test_coco_names_in_sidecars_map_onto_coco_dev_voc_masks(tmp_path):
 
 
 def test_overlay_images_beside_predictions_are_not_scored(tmp_path):
-    from PIL import Image
-
-    from jaxseg.evaluate import evaluate
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir()
     gt.mkdir()

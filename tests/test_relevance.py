@@ -1,6 +1,5 @@
 """Relevance maps: parity with an independent PyTorch implementation, gradients, compiles."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 from PIL import Image
+from test_sharding import free_port
 
 FAST = ["--input-size", "32", "--canvas-size", "64", "--refine-steps", "10", "--batch-size", "4",
         "--no-compile-cache", "--quiet"]
@@ -61,9 +61,7 @@ def test_sharded_and_multi_process_runs_equal_the_plain_run(tiny_checkpoint, tmp
                  {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     wait(plain)
     wait(four)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     pair = [start([*common, "--out", str(tmp_path / "pair"), "--coordinator-address",
                    f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(index)])
             for index in range(2)]
