@@ -127,6 +127,22 @@ def refine_stage(image: np.ndarray, scores: np.ndarray, features: Optional[np.nd
     return refine(image, scores, features, config.refine)
 
 
+def timed_refine(image: np.ndarray, scores: np.ndarray, features: Optional[np.ndarray],
+                 config: SegmentConfig) -> tuple[np.ndarray, float]:
+    """``refine_stage`` and its seconds (module level: it runs in pool workers)."""
+    start = time.perf_counter()
+    mask = refine_stage(image, scores, features, config)
+    return mask, time.perf_counter() - start
+
+
+def timed_auto_labels(clip, image: np.ndarray, config: SegmentConfig
+                      ) -> tuple[list[str], list[float], float]:
+    """``auto_labels`` of one uint8 ``[H, W, 3]`` image: names, their scores, seconds."""
+    start = time.perf_counter()
+    chosen = auto_labels(clip, image, config.auto.vocabulary, config.auto, config.tta)
+    return [name for name, _ in chosen], [score for _, score in chosen], time.perf_counter() - start
+
+
 def segment_batch(clip, images: Sequence[np.ndarray], labels: Sequence[Labels],
                   config: SegmentConfig = SegmentConfig(),
                   batch_size: Optional[int] = None) -> list[SegmentResult]:
@@ -145,11 +161,9 @@ def segment_batch(clip, images: Sequence[np.ndarray], labels: Sequence[Labels],
     names, label_scores = [], []
     for image, wanted, timing in zip(images, labels, timings):
         if isinstance(wanted, str) and wanted == "auto":
-            start = time.perf_counter()
-            chosen = auto_labels(clip, image, config.auto.vocabulary, config.auto, config.tta)
-            timing["auto_labels"] = time.perf_counter() - start
-            names.append([name for name, _ in chosen])
-            label_scores.append([score for _, score in chosen])
+            chosen, score, timing["auto_labels"] = timed_auto_labels(clip, image, config)
+            names.append(chosen)
+            label_scores.append(score)
         else:
             names.append(clean_labels(wanted))
             label_scores.append(None)
@@ -159,9 +173,8 @@ def segment_batch(clip, images: Sequence[np.ndarray], labels: Sequence[Labels],
     results = []
     for image, (scores, features), chosen, score, timing in zip(
             images, relevance, names, label_scores, timings):
-        start = time.perf_counter()
-        mask = refine_stage(image, scores, features, config)
-        timing.update(relevance=per_image, refine=time.perf_counter() - start)
+        timing["relevance"] = per_image
+        mask, timing["refine"] = timed_refine(image, scores, features, config)
         results.append(SegmentResult(mask, scores, chosen, timing, score))
     return results
 

@@ -33,9 +33,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from jaxseg import imageio
-from jaxseg.autolabel import auto_labels
 from jaxseg.datasets import Item
-from jaxseg.pipeline import SegmentConfig, clean_labels, refine_stage, relevance_stage
+from jaxseg.pipeline import (SegmentConfig, clean_labels, relevance_stage, timed_auto_labels,
+                             timed_refine)
 from jaxseg.relevance import class_bucket
 from jaxseg.sharding import RefinePool, device_batch_size
 
@@ -161,10 +161,8 @@ def _load(item: Item, clip, config: SegmentConfig) -> _Loaded:
     image = imageio.read_image(item.path)
     timings = {"read": time.perf_counter() - start}
     if isinstance(item.labels, str):
-        start = time.perf_counter()
-        chosen = auto_labels(clip, image, config.auto.vocabulary, config.auto, config.tta)
-        timings["auto_labels"] = time.perf_counter() - start
-        return _Loaded(item, image, [n for n, _ in chosen], [s for _, s in chosen], timings)
+        names, scores, timings["auto_labels"] = timed_auto_labels(clip, image, config)
+        return _Loaded(item, image, names, scores, timings)
     return _Loaded(item, image, list(item.labels), None, timings)
 
 
@@ -219,14 +217,6 @@ def _produce(work: Sequence[Item], clip, config: SegmentConfig, batch_size: int,
                 return
     finally:
         put(_DONE)
-
-
-def timed_refine(image: np.ndarray, scores: np.ndarray, features, config: SegmentConfig
-                 ) -> tuple[np.ndarray, float]:
-    """``refine_stage`` and its seconds (module level: it runs in pool workers)."""
-    start = time.perf_counter()
-    mask = refine_stage(image, scores, features, config)
-    return mask, time.perf_counter() - start
 
 
 def _write(loaded: _Loaded, mask: np.ndarray, out_dir: str, model_name: str,
