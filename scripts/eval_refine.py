@@ -33,6 +33,7 @@ the ground truth, accumulated over all images; seconds per image include K = 0 i
 (a)'s background score 0.35 is the best of 0.2-0.5 for (a) on the first 40 VOC images.
 
 Usage: python scripts/eval_refine.py [--data ../shared/data/coco-dev] [--limit N] [--sets voc20 coco]
+       [--seeds 1 2 3 4]
 """
 
 from __future__ import annotations
@@ -152,9 +153,10 @@ def miou(confusion: np.ndarray) -> float:
     return float(np.mean(intersection[present] / union[present]) * 100)
 
 
-def evaluate(data: Path, label_set: str,
-             limit: int | None) -> tuple[dict[str, tuple[float, float]], int]:
-    """mIoU (%) and seconds per image of each method, and the number of images."""
+def evaluate(data: Path, label_set: str, limit: int | None,
+             extra_seeds: tuple[int, ...] = ()) -> tuple[dict[str, tuple[float, float]], int]:
+    """mIoU (%) and seconds per image of each method, and the number of images; (c) is
+    also run with ``RefineConfig(seed=s)`` for each of ``extra_seeds``."""
     config = RefineConfig()
     methods = {
         "(a) argmax + background threshold": lambda im, s: argmax_baseline(s, config),
@@ -162,6 +164,9 @@ def evaluate(data: Path, label_set: str,
         "(c) full stage (distillation + graph cut)": lambda im, s: refine(im, s, None, config),
         "(d) dense CRF (CLIP-ES settings)": dense_crf,
     }
+    for seed in extra_seeds:
+        seeded = RefineConfig(seed=seed)
+        methods[f"(c) full stage, seed {seed}"] = lambda im, s, seeded=seeded: refine(im, s, None, seeded)
     confusions = {name: np.zeros((NUM_CLASS_IDS, NUM_CLASS_IDS), np.int64) for name in methods}
     seconds = {name: 0.0 for name in methods}
     count = 0
@@ -199,11 +204,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--sets", nargs="+", default=["voc20", "coco"], choices=["voc20", "coco"])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[],
+                        help="also run (c) with these RefineConfig seeds (the default is seed 0)")
     args = parser.parse_args()
     for num_labels in (1, 8, 16):  # compile every class bucket of coco-dev outside the timings
         refine(np.zeros((8, 8, 3), np.uint8), np.random.default_rng(0).random((num_labels, 8, 8)))
     for label_set in args.sets:
-        results, count = evaluate(args.data, label_set, args.limit)
+        results, count = evaluate(args.data, label_set, args.limit, tuple(args.seeds))
         print(f"\n{label_set}: {count} images of {args.data.name}\n")
         print("| method | mIoU (%) | s / image |\n| --- | ---: | ---: |")
         for name, (value, seconds) in results.items():

@@ -7,8 +7,8 @@ import pytest
 from scipy.ndimage import gaussian_filter, shift
 
 from jaxseg.graphcut import grid_edges
-from jaxseg.refine import (RefineConfig, distill, graph_cut, pseudo_labels, refine,
-                           score_probabilities)
+from jaxseg.refine import (RefineConfig, distill, graph_cut, pseudo_labels, reestimation_seeds,
+                           refine, score_probabilities)
 
 RED, BLUE, GREEN = (200, 40, 40), (40, 60, 190), (50, 170, 60)
 
@@ -85,6 +85,21 @@ def test_background_needs_low_scores_all_around_it():
     assert (labels[10:20, 10:20] == 1).all()
     without_margin = pseudo_labels(scores, RefineConfig(background_margin=0.0))
     assert without_margin[9, 15] == 0 and without_margin[9, 9] == 0
+
+
+def test_reestimation_seeds_are_the_cut_away_from_its_boundaries_plus_the_confident_pixels():
+    labels = np.zeros((20, 20), np.int32)
+    labels[5:15, 5:15] = 1
+    pseudo = np.full((20, 20), -1, np.int32)
+    pseudo[9, 9], pseudo[5, 5], pseudo[0, 0] = 1, 1, 0
+    # 0.1 of the long side: 2 pixels; a pixel is left out if another label is within 2 (square).
+    seeds = reestimation_seeds(labels, pseudo, RefineConfig(reestimation_band=0.1))
+    assert seeds.dtype == np.int32
+    expected = np.full((20, 20), -1, np.int32)
+    expected[:3, :], expected[17:, :], expected[:, :3], expected[:, 17:] = 0, 0, 0, 0
+    expected[7:13, 7:13] = 1
+    expected[5, 5] = 1  # on the boundary band, but a confident pixel keeps its pseudo-label
+    np.testing.assert_array_equal(seeds, expected)
 
 
 def test_score_probabilities_argmax_is_thresholded_argmax():
