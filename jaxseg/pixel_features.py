@@ -153,23 +153,24 @@ def encode_pixels(image: np.ndarray, reduced: np.ndarray | None, config: RefineC
     every_pixel = pixels is None
     pixels = np.arange(height * width) if every_pixel else np.asarray(pixels)
     rgb = image.reshape(-1, 3)[pixels]
-    zeros = np.zeros((len(pixels), POSITION_DIMS + LOCAL_DIMS + config.feature_dims), np.float32)
+    # The columns after the colour, zero where their input is off or absent.
+    rest = np.zeros((len(pixels), POSITION_DIMS + LOCAL_DIMS + config.feature_dims), np.float32)
     if reduced is None and config.position_weight == 0 and config.local_radius == 0:
         # Colour alone: one row per distinct colour.
         distinct, index = np.unique(rgb, axis=0, return_inverse=True)
         lab = rgb_to_lab(distinct) / config.colour_bandwidth
-        return np.concatenate([lab, zeros[:len(distinct)]], axis=1), index.ravel()
-    columns = [rgb_to_lab(rgb) / config.colour_bandwidth, zeros]
+        return np.concatenate([lab, rest[:len(distinct)]], axis=1), index.ravel()
     if config.position_weight:
-        columns[1][:, :POSITION_DIMS] = (np.stack(np.divmod(pixels, width), 1) / max(height, width)
-                                         * config.position_weight)
+        rest[:, :POSITION_DIMS] = (np.stack(np.divmod(pixels, width), 1) / max(height, width)
+                                   * config.position_weight)
     if config.local_radius:
         long_side = fit_long_side or max(height, width)
         statistics = local_colour_statistics(
             image, None if every_pixel else pixels, radius=max(1, round(config.local_radius * long_side)),
             sigma=max(0.5, config.local_sigma * long_side), colour_range=config.local_colour_range,
             step=max(height, width) / long_side)
-        columns[1][:, POSITION_DIMS:POSITION_DIMS + LOCAL_DIMS] = statistics / config.colour_bandwidth
+        rest[:, POSITION_DIMS:POSITION_DIMS + LOCAL_DIMS] = statistics / config.colour_bandwidth
     if reduced is not None:
-        columns[1][:, POSITION_DIMS + LOCAL_DIMS:] = sample_maps(reduced, pixels, (height, width)).T
-    return np.concatenate(columns, axis=1), np.arange(len(pixels))
+        rest[:, POSITION_DIMS + LOCAL_DIMS:] = sample_maps(reduced, pixels, (height, width)).T
+    lab = rgb_to_lab(rgb) / config.colour_bandwidth
+    return np.concatenate([lab, rest], axis=1), np.arange(len(pixels))

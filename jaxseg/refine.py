@@ -278,10 +278,11 @@ def _validate(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None
                          f"{features.dtype} {features.shape}")
 
 
-def _mix_prior(distilled: np.ndarray, scores: np.ndarray, config: RefineConfig) -> np.ndarray:
-    """``distilled * score_probabilities ** prior_weight``, renormalised: ``[K + 1, H, W]``."""
+def _mix_prior(distilled: np.ndarray, prior: np.ndarray, config: RefineConfig) -> np.ndarray:
+    """``distilled * prior ** prior_weight``, renormalised: ``[K + 1, H, W]`` (``prior``
+    from :func:`score_probabilities`)."""
     log_mixed = np.log(np.maximum(distilled, MIN_PROBABILITY)) + config.prior_weight * np.log(
-        np.maximum(score_probabilities(scores, config), MIN_PROBABILITY))
+        np.maximum(prior, MIN_PROBABILITY))
     mixed = np.exp(log_mixed - log_mixed.max(axis=0, keepdims=True))
     return (mixed / mixed.sum(axis=0, keepdims=True)).astype(np.float32)
 
@@ -364,9 +365,10 @@ def refine(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None = 
             return score_probabilities(scores, config).reshape(len(scores) + 1, -1)[:, pixels]
     else:
         encoded, seeds = encode_image(small_image, features, config), pseudo
+        prior = score_probabilities(small_scores, config)
         for round_index in range(1 + config.reestimation_rounds):
             classifier = fit_classifier(encoded, seeds, scores.shape[0] + 1, config)
-            unaries = _mix_prior(classifier.probabilities(encoded), small_scores, config)
+            unaries = _mix_prior(classifier.probabilities(encoded), prior, config)
             if round_index < config.reestimation_rounds:
                 seeds = reestimation_seeds(_reduced_cut(small_image, unaries, config), pseudo, config)
             else:
