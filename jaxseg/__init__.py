@@ -4,43 +4,37 @@ CLIP relevance maps (Chefer et al. 2021) with test-time augmentation, turned int
 masks by pseudo-labels, test-time distillation and graph cut.
 
 Public names are imported lazily, so ``python -m jaxseg.evaluate`` and other
-light entry points start without importing JAX.
+light entry points start without importing JAX. The pipeline's stages are subpackages:
+``clip`` (the CLIP port), ``labels``, ``maps`` (relevance), ``refinement`` and ``run``
+(datasets, files, devices, the run loop); ``segmenter`` orchestrates them and ``cli``
+holds the command lines.
 """
 
-import importlib
+from jaxseg._lazy import lazy_attributes
 
 _EXPORTS = {
-    "CLIP": "jaxseg.loader",
-    "CheckpointError": "jaxseg.loader",
-    "load_clip": "jaxseg.loader",
-    "preprocess": "jaxseg.preprocess",
-    "relevance": "jaxseg.relevance",
-    "relevance_tta": "jaxseg.relevance",
-    "class_embeddings": "jaxseg.relevance",
-    "TTAConfig": "jaxseg.tta",
-    "refine": "jaxseg.refine",
-    "RefineConfig": "jaxseg.refine",
-    "auto_labels": "jaxseg.autolabel",
-    "AutoLabelConfig": "jaxseg.autolabel",
-    "segment": "jaxseg.pipeline",
-    "segment_batch": "jaxseg.pipeline",
-    "SegmentConfig": "jaxseg.pipeline",
-    "SegmentResult": "jaxseg.pipeline",
-    "load_vocabulary": "jaxseg.vocab",
-    "evaluate": "jaxseg.evaluate",
-    "ConfusionMatrix": "jaxseg.evaluate",
+    "CLIP": "jaxseg.clip.handle",
+    "CheckpointError": "jaxseg.clip.checkpoint",
+    "load_clip": "jaxseg.clip.handle",
+    "preprocess": "jaxseg.clip.preprocess",
+    "class_embeddings": "jaxseg.labels.prompts",
+    "auto_labels": "jaxseg.labels.autolabel",
+    "AutoLabelConfig": "jaxseg.labels.autolabel",
+    "load_vocabulary": "jaxseg.labels.vocab",
+    "relevance": "jaxseg.maps.relevance",
+    "relevance_tta": "jaxseg.maps.relevance",
+    "RelevanceConfig": "jaxseg.maps.config",
+    "TTAConfig": "jaxseg.maps.tta",
+    "refine": "jaxseg.refinement.refine",
+    "RefineConfig": "jaxseg.refinement.config",
+    "SegmentConfig": "jaxseg.config",
+    "Segmenter": "jaxseg.segmenter",
+    "SegmentResult": "jaxseg.segmenter",
+    "segment": "jaxseg.segmenter",
+    "segment_batch": "jaxseg.segmenter",
+    "evaluate": "jaxseg.metrics",
+    "ConfusionMatrix": "jaxseg.metrics",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'jaxseg' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)

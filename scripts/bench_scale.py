@@ -51,7 +51,7 @@ def coco_dev_items(count: int) -> list[tuple[str, str, list[str]]]:
 
 def batches_by_bucket(items, batch_size: int):
     """Items grouped by padded label count (one program each), cut into batches."""
-    from jaxseg.relevance import class_bucket
+    from jaxseg.maps.batch import class_bucket
     groups: dict[int, list] = {}
     for item in items:
         groups.setdefault(class_bucket(len(item[2])), []).append(item)
@@ -59,45 +59,43 @@ def batches_by_bucket(items, batch_size: int):
             for i in range(0, len(group), batch_size)]
 
 
-def device_stage(clip, batch, config, batch_size: int, mesh):
-    """Relevance of one batch of ``(stem, image, labels)``: ``[(image, scores, features)]``."""
-    from jaxseg.pipeline import relevance_stage
+def device_stage(segmenter, batch, batch_size: int):
+    """Relevance of one batch of ``(stem, image, labels)``: ``[(image, DeviceOutput)]``."""
     images = [image for _, image, _ in batch]
-    results = relevance_stage(clip, images, [labels for _, _, labels in batch], config,
-                              batch_size, mesh)
-    return [(image, scores, features) for image, (scores, features) in zip(images, results)]
+    results = segmenter.relevance_stage(images, [labels for _, _, labels in batch], batch_size)
+    return list(zip(images, results))
 
 
-def run_sequential(clip, batches, config, batch_size, mesh, pool) -> list:
-    from jaxseg.pipeline import refine_stage
+def run_sequential(segmenter, batches, batch_size, pool) -> list:
+    from jaxseg.segmenter import refine_mask
     masks = []
     for batch in batches:
-        jobs = [(i, (*entry, config))
-                for i, entry in enumerate(device_stage(clip, batch, config, batch_size, mesh))]
-        masks += [future.result() for _, future in pool.imap(refine_stage, jobs)]
+        jobs = [(i, (*entry, segmenter.config.refine))
+                for i, entry in enumerate(device_stage(segmenter, batch, batch_size))]
+        masks += [future.result()[0] for _, future in pool.imap(refine_mask, jobs)]
     return masks
 
 
-def run_overlapped(clip, batches, config, batch_size, mesh, pool) -> list:
-    from jaxseg.pipeline import refine_stage
+def run_overlapped(segmenter, batches, batch_size, pool) -> list:
+    from jaxseg.segmenter import refine_mask
     handoff: queue.Queue = queue.Queue(maxsize=2 * batch_size)  # bounded: memory stays flat
     done = object()
 
     def produce() -> None:
         for batch in batches:
-            for entry in device_stage(clip, batch, config, batch_size, mesh):
+            for entry in device_stage(segmenter, batch, batch_size):
                 handoff.put(entry)
         handoff.put(done)
 
     def jobs():
         index = 0
         while (entry := handoff.get()) is not done:
-            yield index, (*entry, config)
+            yield index, (*entry, segmenter.config.refine)
             index += 1
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
-    masks = [future.result() for _, future in pool.imap(refine_stage, jobs())]
+    masks = [future.result()[0] for _, future in pool.imap(refine_mask, jobs())]
     producer.join()
     return masks
 
@@ -106,36 +104,37 @@ def child(folder: str, count: int, workers_list: list[int]) -> None:
     """One device count (set by the parent's XLA_FLAGS): prints one JSON line per run."""
     import jax
     import numpy as np
-    from jaxseg.imageio import read_image
-    from jaxseg.loader import load_clip
-    from jaxseg.pipeline import SegmentConfig, refine_stage
-    from jaxseg.relevance import class_bucket
-    from jaxseg.sharding import RefinePool, data_mesh, device_batch_size
+    from jaxseg.clip.handle import load_clip
+    from jaxseg.maps.batch import class_bucket
+    from jaxseg.run.imageio import read_image
+    from jaxseg.run.sharding import RefinePool, data_mesh, device_batch_size
+    from jaxseg.segmenter import Segmenter, refine_mask
 
-    config = SegmentConfig()
     clip = load_clip(folder)
     mesh = data_mesh()
+    segmenter = Segmenter(clip, mesh=mesh if mesh.size > 1 else None)
     batch_size = device_batch_size(BATCH, mesh)
     items = [(stem, read_image(path), labels) for stem, path, labels in coco_dev_items(count)]
     batches = batches_by_bucket(items, batch_size)
     start = time.perf_counter()
     one_per_bucket = {class_bucket(len(batch[0][2])): batch for batch in batches}
-    warm = [device_stage(clip, batch, config, batch_size, mesh)
+    warm = [device_stage(segmenter, batch, batch_size)
             for batch in one_per_bucket.values()]  # compiles each bucket's program
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
     for batch in batches:
-        device_stage(clip, batch, config, batch_size, mesh)
+        device_stage(segmenter, batch, batch_size)
     device_s = time.perf_counter() - start
     for workers in workers_list:
         with RefinePool(workers) as pool:
-            warm_jobs = [(i, (*warm[0][0], config)) for i in range(2 * max(1, workers))]
+            warm_jobs = [(i, (*warm[0][0], segmenter.config.refine))
+                         for i in range(2 * max(1, workers))]
             start = time.perf_counter()
-            list(pool.imap(refine_stage, warm_jobs))  # starts and compiles every worker
+            list(pool.imap(refine_mask, warm_jobs))  # starts and compiles every worker
             pool_start_s = time.perf_counter() - start
             for overlap, run in (("off", run_sequential), ("on", run_overlapped)):
                 start = time.perf_counter()
-                masks = run(clip, batches, config, batch_size, mesh, pool)
+                masks = run(segmenter, batches, batch_size, pool)
                 wall = time.perf_counter() - start
                 digest = hashlib.sha1(b"".join(m.astype("int32").tobytes() for m in masks))
                 if (workers, overlap) == (workers_list[0], "off"):

@@ -19,7 +19,7 @@ in label order):
 Methods (one config, ``RefineConfig()``, for all images):
   (a) argmax of the rescaled maps against a constant background score (``background_score``),
   (b) graph cut on probabilities read off the maps (``RefineConfig(distillation=False)``),
-  (c) the full stage, ``jaxseg.refine.refine``,
+  (c) the full stage, ``jaxseg.refinement.refine.refine``,
   (d) dense CRF (pydensecrf) with CLIP-ES's settings: softmax unary of
       ``[1 - max_k s_k, s_1..s_K]``, 10 iterations, Gaussian (sxy 1, compat 3),
       bilateral (sxy 67, srgb 3, compat 4). CLIP-ES feeds the mean-subtracted BGR image
@@ -49,9 +49,11 @@ import yaml
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from jaxseg._imaging import resize_image, resize_maps
-from jaxseg.refine import RefineConfig, normalize_scores, refine
-from jaxseg.vocab import VOC_CLASSES
+from jaxseg.imaging import resize_image, resize_maps
+from jaxseg.refinement.config import RefineConfig
+from jaxseg.refinement.refine import refine
+from jaxseg.refinement.seeds import normalize_scores
+from jaxseg.labels.vocab import VOC_CLASSES
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/coco-dev"
 NUM_CLASS_IDS = 256  # class ids are < 256 in both label sets

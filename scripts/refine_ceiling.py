@@ -1,7 +1,7 @@
 """Where the refinement stage loses mIoU: seed noise, the colour model, and error locations.
 
 Uses the coarse maps of ``eval_refine.py`` (same degradation, same images, VOC-20) and
-runs the full stage ``jaxseg.refine.refine`` with its training pixels (pseudo-labels)
+runs the full stage ``jaxseg.refinement.refine.refine`` with its training pixels (pseudo-labels)
 replaced, to separate the causes of error:
 
   default seeds                 pseudo-labels from the maps (what users get)
@@ -10,7 +10,7 @@ replaced, to separate the causes of error:
                                 (the ceiling of the colour classifier + prior + graph cut)
   ground truth everywhere, no prior   the same with ``prior_weight=0`` (colour alone)
 
-The seeds are replaced by wrapping ``jaxseg.refine.pseudo_labels`` (the stage has no
+The seeds are replaced by wrapping ``refine_module.pseudo_labels`` (the stage has no
 hook for external seeds, and a diagnostic should not add one to the API).
 
 It then histograms the default stage's errors by their distance to the true object
@@ -31,10 +31,11 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import distance_transform_edt
 
-import jaxseg.refine
+from jaxseg.refinement import refine as refine_module
 from eval_refine import (DEFAULT_DATA, NUM_CLASS_IDS, PATCHES_SHORT_SIDE, add_prediction,
                          coarse_maps, load_label_set, miou)
-from jaxseg.refine import RefineConfig, refine
+from jaxseg.refinement.config import RefineConfig
+from jaxseg.refinement.refine import refine
 
 DISTANCE_BINS = (0.0, 0.5, 1.0, 2.0, 4.0, np.inf)
 
@@ -82,21 +83,21 @@ def main() -> None:
     }
     confusions = {name: np.zeros((NUM_CLASS_IDS, NUM_CLASS_IDS), np.int64) for name in variants}
     distances = np.zeros((2, len(DISTANCE_BINS) - 1), np.int64)
-    default_pseudo_labels = jaxseg.refine.pseudo_labels
+    default_pseudo_labels = refine_module.pseudo_labels
     start, count = time.perf_counter(), 0
     for image_id, image, truth, class_ids in itertools.islice(load_label_set(args.data, "voc20"),
                                                               args.limit):
         count += 1
         scores = coarse_maps(image_id, truth, class_ids)
         for name, (everywhere, config) in variants.items():
-            jaxseg.refine.pseudo_labels = (
+            refine_module.pseudo_labels = (
                 default_pseudo_labels if everywhere is None
                 else seeds_from_truth(truth, class_ids, everywhere, default_pseudo_labels))
             prediction = refine(image, scores, None, config)
             add_prediction(confusions[name], truth, class_ids, prediction)
             if everywhere is None:
                 distances += error_distances(np.array([0] + class_ids)[prediction], truth, class_ids)
-    jaxseg.refine.pseudo_labels = default_pseudo_labels
+    refine_module.pseudo_labels = default_pseudo_labels
     print(f"VOC-20 full stage, {count} images ({time.perf_counter() - start:.0f} s)\n")
     print("| training pixels | mIoU (%) |\n| --- | ---: |")
     for name, confusion in confusions.items():

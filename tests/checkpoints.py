@@ -15,7 +15,7 @@ import safetensors.numpy
 import torch
 import transformers
 
-from jaxseg.tokenizer import copy_tokenizer_files
+from jaxseg.clip.tokenizer import copy_tokenizer_files
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 TINY_TOKENIZER = os.path.join(FIXTURES, "tiny_tokenizer")

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 import jaxseg
-from jaxseg.autolabel import (AutoLabelConfig, select_labels, variant_probabilities,
-                              vocabulary_embeddings)
-from jaxseg.relevance import class_embeddings
-from jaxseg.tta import TTAConfig, num_variants, prepare_canvas
-from jaxseg.vocab import VocabEntry
+from jaxseg.labels.autolabel import (AutoLabelConfig, select_labels, variant_probabilities,
+                                     vocabulary_embeddings)
+from jaxseg.labels.prompts import class_embeddings
+from jaxseg.labels.vocab import VocabEntry
+from jaxseg.maps.tta import TTAConfig, num_variants, prepare_canvas
 
 SMALL_TTA = TTAConfig(input_size=32, canvas_size=64)
 VOCAB = (VocabEntry("cat", ("kitty",)), VocabEntry("dog"), VocabEntry("sofa", ("couch",)),

@@ -1,4 +1,4 @@
-"""Tests for jaxseg.datasets (layouts, labels files) and the runner's work selection."""
+"""Tests for jaxseg.run.datasets (layouts, labels files) and the runner's work selection."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxseg import datasets, imageio
-from jaxseg.datasets import DatasetError, Item
-from jaxseg.runner import is_complete, select_work
+from jaxseg.run import datasets, imageio
+from jaxseg.run.datasets import DatasetError, Item
+from jaxseg.run.runner import is_complete, select_work
 
 
 def make_voc(root, masks: dict[str, list[int]], xml_only: dict[str, list[str]] = (),

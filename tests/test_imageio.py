@@ -1,4 +1,4 @@
-"""Tests for jaxseg.imageio: reading odd image files, palette masks, atomic writes, overlays."""
+"""Tests for jaxseg.run.imageio: reading odd image files, palette masks, atomic writes, overlays."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxseg import imageio
+from jaxseg.run import imageio
 
 
 def png_header_only(path, width: int, height: int) -> None:

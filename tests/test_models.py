@@ -7,8 +7,8 @@ import pytest
 
 import jaxseg
 from checkpoints import VIT_B16_VISION, VIT_B_TEXT, make_checkpoint, torch_features
-from jaxseg.models import clip as clip_model
-from jaxseg.models.vision import bicubic_matrix
+from jaxseg.clip import model as clip_model
+from jaxseg.clip.vision import bicubic_matrix
 
 
 def relative_error(ours, reference):
@@ -32,7 +32,7 @@ def test_image_text_and_logits_match_transformers(tiny_checkpoint, tiny_clip):
     with torch.no_grad():
         reference = model(input_ids=torch.from_numpy(ids).long(),
                           pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2))
-    logits = clip_model.model_for(tiny_clip.config).apply(
+    logits = clip_model.CLIPModel(tiny_clip.config).apply(
         {"params": tiny_clip.params}, image, text, method=clip_model.CLIPModel.logits)
     assert relative_error(logits, reference.logits_per_image.numpy()) < 1e-4
 
@@ -93,7 +93,7 @@ def test_vit_b16_real_size_parity(tmp_path):
 
 
 def test_legacy_config_dicts_take_precedence():
-    from jaxseg.models.config import CLIPConfig
+    from jaxseg.clip.config import CLIPConfig
     config = CLIPConfig.from_dict({
         "projection_dim": 512,
         "vision_config": {"hidden_size": None, "patch_size": 32},

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter, shift
 
-from jaxseg.graphcut import grid_edges
-from jaxseg.refine import (RefineConfig, distill, graph_cut, pseudo_labels, reestimation_seeds,
-                           refine, score_probabilities)
+from jaxseg.refinement.config import RefineConfig
+from jaxseg.refinement.graphcut import grid_edges
+from jaxseg.refinement.refine import distill, graph_cut, refine
+from jaxseg.refinement.seeds import pseudo_labels, reestimation_seeds, score_probabilities
 
 RED, BLUE, GREEN = (200, 40, 40), (40, 60, 190), (50, 170, 60)
 
@@ -193,7 +194,7 @@ def test_stage_functions_reject_mismatched_shapes():
 
 
 def test_sampled_feature_maps_equal_the_resized_maps_at_those_pixels():
-    from jaxseg._imaging import resize_maps, sample_maps
+    from jaxseg.imaging import resize_maps, sample_maps
     rng = np.random.RandomState(0)
     for grid, size in [((14, 14), (300, 225)), ((14, 19), (37, 53)), ((6, 6), (4, 5))]:
         maps = rng.randn(8, *grid).astype(np.float32)

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import jaxseg
-import jaxseg.segment as segment
-from jaxseg.tta import TTAConfig
+from jaxseg.cli import segment
+from jaxseg.maps.tta import TTAConfig
 from test_datasets import make_voc
 from test_imageio import png_header_only, write_odd_images
 
@@ -156,13 +155,6 @@ def test_voc_dataset_run_and_resume(tmp_path, run, capsys):
     assert "0 written, 3 already complete" in capsys.readouterr().err
     assert run(*args, "--overwrite", "--limit", 2, "--quiet") == 0
     assert capsys.readouterr().err == ""
-
-
-def test_importing_the_cli_keeps_the_segment_function_callable(tiny_clip):
-    config = jaxseg.SegmentConfig(tta=TTAConfig(input_size=32, canvas_size=64),
-                                  refine=jaxseg.RefineConfig(steps=10))  # as FAST: no recompiles
-    result = jaxseg.segment(tiny_clip, np.zeros((16, 20, 3), np.uint8), ["cat"], config)
-    assert result.mask.shape == (16, 20) and result.labels == ["cat"]
 
 
 def comparable(folder) -> dict:

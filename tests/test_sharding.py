@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxseg.sharding import (RefinePool, detect_cluster, device_batch_size,
+from jaxseg.run.sharding import (RefinePool, detect_cluster, device_batch_size,
                              initialize_distributed, process_share)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -23,11 +23,12 @@ CHILD_TIMEOUT_S = 240  # a hung collective fails the test instead of blocking CI
 
 
 def small_config():
-    from jaxseg.pipeline import SegmentConfig
-    from jaxseg.refine import RefineConfig
-    from jaxseg.tta import TTAConfig
-    return SegmentConfig(tta=TTAConfig(input_size=32, canvas_size=64),
-                         refine=RefineConfig(num_samples=512, steps=20))
+    from jaxseg.config import SegmentConfig
+    from jaxseg.maps.tta import TTAConfig
+    from jaxseg.refinement.classifier import ClassifierConfig
+    from jaxseg.refinement.config import RefineConfig
+    return SegmentConfig(tta=TTAConfig(input_size=32, canvas_size=64), refine=RefineConfig(
+        classifier=ClassifierConfig(num_samples=512, steps=20)))
 
 
 def small_dataset(count=5):
@@ -69,39 +70,39 @@ def finish(child: subprocess.Popen, timeout: float = CHILD_TIMEOUT_S) -> str:
 def child_devices(folder: str, out_path: str) -> None:
     """4 virtual devices: sharded relevance and masks, saved to ``out_path`` (npz)."""
     import jax
-    from jaxseg.loader import load_clip
-    from jaxseg.pipeline import label_embeddings, refine_stage
-    from jaxseg.relevance import _compiled_tta, relevance_tta_batch
-    from jaxseg.sharding import data_mesh
+    from jaxseg.clip.handle import load_clip
+    from jaxseg.maps import batch as batch_lib
+    from jaxseg.run.sharding import data_mesh
+    from jaxseg.segmenter import Segmenter
 
     config = small_config()
     clip = load_clip(folder)
     data = small_dataset(3)
     images = [image for _, image, _ in data]
-    embeds = [label_embeddings(clip, labels, config.tta.templates) for _, _, labels in data]
+    labels = [names for _, _, names in data]
     mesh = data_mesh()
+    segmenter = Segmenter(clip, config, mesh)
     batch = device_batch_size(len(images), mesh)
-    sharded = relevance_tta_batch(clip, images, embeds, config.tta, batch_size=batch, mesh=mesh)
+    sharded = segmenter.relevance_stage(images, labels, batch)
     # Other image sizes and label counts in the same bucket reuse the sharded program.
-    relevance_tta_batch(clip, images[::-1][:2], embeds[::-1][:2], config.tta, batch_size=batch,
-                        mesh=mesh)
+    segmenter.relevance_stage(images[::-1][:2], labels[::-1][:2], batch)
+    program = clip.compiled(batch_lib.tta_program, tta=config.tta, relevance=config.relevance)
     arrays = {"local_devices": len(jax.local_devices()), "mesh_size": mesh.size, "batch": batch,
-              "programs": _compiled_tta(clip.config, clip.dtype, config.tta, -1, False)
-              ._cache_size()}
-    for i, (image, (scores, features)) in enumerate(zip(images, sharded)):
-        arrays.update({f"scores{i}": scores, f"features{i}": features,
-                       f"mask{i}": refine_stage(image, scores, features, config)})
+              "programs": program._cache_size()}
+    for i, (image, output) in enumerate(zip(images, sharded)):
+        arrays.update({f"scores{i}": output.scores, f"features{i}": output.features,
+                       f"mask{i}": segmenter.refine_stage(image, output).mask})
     np.savez(out_path, **arrays)
 
 
 def child_process(folder: str, port: int, index: int, out_dir: str) -> None:
     """One of two ``jax.distributed`` processes: segments its share, then waits for all."""
-    from jaxseg.sharding import barrier
+    from jaxseg.run.sharding import barrier
     assert initialize_distributed(f"127.0.0.1:{port}", 2, index, timeout_s=60)
     import jax
-    from jaxseg.imageio import atomic_write
-    from jaxseg.loader import load_clip
-    from jaxseg.pipeline import segment
+    from jaxseg.run.imageio import atomic_write
+    from jaxseg.clip.handle import load_clip
+    from jaxseg.segmenter import segment
 
     clip = load_clip(folder)
     config = small_config()
@@ -130,8 +131,7 @@ def child_initialize_late() -> None:
 
 
 def test_four_virtual_devices_match_one_device(tiny_checkpoint, tiny_clip, tmp_path):
-    from jaxseg.pipeline import label_embeddings, refine_stage
-    from jaxseg.relevance import relevance_tta_batch
+    from jaxseg.segmenter import Segmenter
     out_path = str(tmp_path / "sharded.npz")
     finish(run_child(f"child_devices({tiny_checkpoint[0]!r}, {out_path!r})",
                      {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}))
@@ -139,15 +139,13 @@ def test_four_virtual_devices_match_one_device(tiny_checkpoint, tiny_clip, tmp_p
     assert (sharded["local_devices"], sharded["mesh_size"], sharded["batch"]) == (4, 4, 4)
     assert sharded["programs"] == 1  # one sharded program for the bucket
     # Each image alone on this process's single device (the program ``segment`` uses).
-    config = small_config()
-    data = small_dataset(3)
-    single = [relevance_tta_batch(tiny_clip, [image], [label_embeddings(
-        tiny_clip, labels, config.tta.templates)], config.tta)[0] for _, image, labels in data]
+    segmenter = Segmenter(tiny_clip, small_config())
     masks = []
-    for i, ((_, image, _), (scores, features)) in enumerate(zip(data, single)):
-        np.testing.assert_allclose(sharded[f"scores{i}"], scores, atol=1e-5)
-        np.testing.assert_allclose(sharded[f"features{i}"], features, atol=1e-5)
-        masks.append(refine_stage(image, scores, features, config))
+    for i, (_, image, labels) in enumerate(small_dataset(3)):
+        [output] = segmenter.relevance_stage([image], [labels])
+        np.testing.assert_allclose(sharded[f"scores{i}"], output.scores, atol=1e-5)
+        np.testing.assert_allclose(sharded[f"features{i}"], output.features, atol=1e-5)
+        masks.append(segmenter.refine_stage(image, output).mask)
         np.testing.assert_array_equal(sharded[f"mask{i}"], masks[-1])
     # The masks are not trivially equal (all background): some labels won pixels.
     assert any(len(np.unique(mask)) > 1 for mask in masks)
@@ -160,7 +158,7 @@ def free_port() -> int:
 
 
 def test_two_processes_write_the_single_process_masks(tiny_checkpoint, tiny_clip, tmp_path):
-    from jaxseg.pipeline import segment
+    from jaxseg.segmenter import segment
     port = free_port()
     children = [run_child(f"child_process({tiny_checkpoint[0]!r}, {port}, {index}, "
                           f"{str(tmp_path)!r})", {}) for index in range(2)]
@@ -274,18 +272,16 @@ def test_pool_keeps_order_and_bounds_in_flight_jobs(pool):
 
 
 def test_pool_refinement_equals_inline(pool, tiny_clip):
-    from jaxseg.pipeline import refine_stage, relevance_stage
+    from jaxseg.segmenter import Segmenter, refine_mask
     config = small_config()
+    segmenter = Segmenter(tiny_clip, config)
     data = small_dataset(3)
-    images = [image for _, image, _ in data]
     # One image per call: the program ``segment`` compiles (shared with the test above).
-    stage = [relevance_stage(tiny_clip, [image], [labels], config)[0]
-             for _, image, labels in data]
-    jobs = [(i, (image, scores, features, config))
-            for i, (image, (scores, features)) in enumerate(zip(images, stage))]
-    pooled = [future.result() for _, future in pool.imap(refine_stage, jobs)]
+    jobs = [(i, (image, segmenter.relevance_stage([image], [labels])[0], config.refine))
+            for i, (_, image, labels) in enumerate(data)]
+    pooled = [future.result()[0] for _, future in pool.imap(refine_mask, jobs)]
     with RefinePool(workers=0) as inline:
-        inline_masks = [future.result() for _, future in inline.imap(refine_stage, jobs)]
+        inline_masks = [future.result()[0] for _, future in inline.imap(refine_mask, jobs)]
     for mine, theirs in zip(pooled, inline_masks):
         np.testing.assert_array_equal(mine, theirs)
     assert any(len(np.unique(mask)) > 1 for mask in pooled), [np.unique(m) for m in pooled]

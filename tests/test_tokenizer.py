@@ -1,4 +1,4 @@
-"""Tests of jaxseg.tokenizer against transformers' CLIPTokenizer on the tiny fixture vocabulary."""
+"""Tests of jaxseg.clip.tokenizer against transformers' CLIPTokenizer on the tiny fixture vocabulary."""
 
 import importlib.util
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from transformers import CLIPTokenizer
 
-from jaxseg.tokenizer import TOKENIZER_FILES, Tokenizer, copy_tokenizer_files
+from jaxseg.clip.tokenizer import TOKENIZER_FILES, Tokenizer, copy_tokenizer_files
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "tiny_tokenizer")
 FIXTURE_VOCAB_SIZE = 814

@@ -1,4 +1,4 @@
-"""Tests for the test-time augmentation geometry (jaxseg.tta), with a fake relevance."""
+"""Tests for the test-time augmentation geometry (jaxseg.maps.tta), with a fake relevance."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg import tta
-from jaxseg.preprocess import CLIP_MEAN, CLIP_STD
+from jaxseg.maps import tta
+from jaxseg.clip.preprocess import CLIP_MEAN, CLIP_STD
 
 # Small sizes keep the tests fast; the geometry does not depend on them.
 CONFIG = tta.TTAConfig(input_size=64, canvas_size=128)

@@ -1,10 +1,10 @@
-"""Tests for jaxseg.vocab: built-in vocabularies, vocabulary files and class-name normalisation."""
+"""Tests for jaxseg.labels.vocab: built-in vocabularies, vocabulary files and class-name normalisation."""
 
 import dataclasses
 
 import pytest
 
-from jaxseg.vocab import (COCO_CLASSES, VOC_CLASSES, VocabEntry, load_vocabulary,
+from jaxseg.labels.vocab import (COCO_CLASSES, VOC_CLASSES, VocabEntry, load_vocabulary,
                           normalize_class_name)
 
 

@@ -1,0 +1,1 @@
+"""The command lines: ``python -m jaxseg.segment`` and ``python -m jaxseg.evaluate``."""

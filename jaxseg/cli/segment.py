@@ -1,0 +1,326 @@
+"""Command line: segment images or a dataset given image-level labels.
+
+Usage::
+
+    python -m jaxseg.segment IMG [IMG ...] --labels cat,sofa [--model ID_OR_DIR] [--out DIR]
+    python -m jaxseg.segment IMG ... --labels-file labels.json       # {"<stem>": ["cat", ...]}
+    python -m jaxseg.segment IMG ... --labels auto --vocab voc|coco|FILE
+    python -m jaxseg.segment --dataset voc --root VOCdevkit/VOC2012 --split val --out DIR
+    python -m jaxseg.segment --dataset folder --root DIR [--labels-file F] --out DIR
+
+Per image ``<stem>`` it writes, in ``--out``:
+
+- ``<stem>.png``: palette PNG of the image's size, pixel = label index (0 background,
+  ``i`` the i-th label), VOC colours;
+- ``<stem>.json``: ``labels``, ``fractions`` (pixel fraction per label), ``timings``
+  (seconds per stage), ``image_size`` ``[H, W]``, ``image``, ``model``, and for
+  ``--labels auto`` the chosen labels' ``label_scores``;
+- with ``--overlay``, ``<stem>_overlay.png``: the image blended with the mask and
+  a legend of label names.
+
+Images: any format PIL reads, shown as a viewer shows them (EXIF orientation
+applied; grey, palette, CMYK and 16-bit converted to RGB, 16-bit values scaled by
+65535; transparency over white), from 1 px up to 8192 x 8192 px.
+
+Labels: commas separate names; surrounding spaces are stripped, empty names and
+repeats (same name up to case, spacing and VOC/COCO spelling) are dropped with a
+warning; an image left with no label is all background. A label whose prompt
+would not fit CLIP's 77-token context is cut to its longest fitting word prefix
+(with a warning).
+
+Runs are resumable: every file is written under a temporary name and renamed,
+the JSON last, and an image whose outputs all exist is skipped (``--overwrite``
+redoes it). Unreadable inputs are reported one line each and in a summary; the
+run goes on. Exit status: 0 all written, 1 some inputs failed, 2 usage or
+configuration error (bad --model, labels file or dataset layout), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+import traceback
+import warnings
+from typing import Optional, Sequence
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch16"
+PROG = "python -m jaxseg.segment"
+
+
+class UsageError(ValueError):
+    """Inconsistent command-line arguments (exit status 2)."""
+
+
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/jaxseg/jax``, or ``~/.cache/jaxseg/jax``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxseg", "jax")
+
+
+def configure_compile_cache(cache_dir: Optional[str]) -> None:
+    """Turns JAX's persistent compilation cache on in ``cache_dir`` (off when None).
+
+    Must run before the first compilation. Every program is cached, however small
+    or quick to compile, so a second run of the same model compiles nothing.
+    """
+    import jax
+
+    if cache_dir is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    os.makedirs(cache_dir, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # -1: no size floor
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (its help is the command's documentation)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__)
+    parser.add_argument("images", nargs="*", metavar="IMG", help="image files to segment")
+    labels = parser.add_argument_group("labels")
+    labels.add_argument("--labels", metavar="A,B|auto",
+                        help="comma-separated class names for every image, or 'auto' to pick "
+                             "them from --vocab")
+    labels.add_argument("--labels-file", metavar="FILE",
+                        help='JSON {"<image stem>": ["label", ...]} (folder datasets default to '
+                             "ROOT/labels.json)")
+    labels.add_argument("--vocab", default="voc", metavar="voc|coco|FILE",
+                        help="vocabulary of --labels auto (default voc)")
+    data = parser.add_argument_group("datasets")
+    data.add_argument("--dataset", choices=("voc", "folder"), help="run over a dataset layout")
+    data.add_argument("--root", metavar="DIR", help="dataset folder (VOCdevkit/VOC2012, or a "
+                                                    "folder with images/)")
+    data.add_argument("--split", default="val", help="VOC split in ImageSets/Segmentation "
+                                                     "(default val)")
+    data.add_argument("--limit", type=int, metavar="N", help="only the first N dataset images")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default="jaxseg-out", metavar="DIR",
+                     help="output folder (default ./jaxseg-out)")
+    out.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    out.add_argument("--overwrite", action="store_true", help="redo images already complete")
+    run = parser.add_argument_group("model and run")
+    run.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_DIR",
+                     help=f"Hugging Face hub id or checkpoint folder (default {DEFAULT_MODEL})")
+    run.add_argument("--batch-size", type=int, default=8, metavar="B",
+                     help="images per device call (default 8)")
+    run.add_argument("--input-size", type=int, metavar="S",
+                     help="CLIP input side of each view (default 224)")
+    run.add_argument("--canvas-size", type=int, metavar="C",
+                     help="working canvas side (default 512)")
+    run.add_argument("--refine-steps", type=int, metavar="N",
+                     help="distillation steps of the refinement (default 100; fewer is faster)")
+    run.add_argument("--compile-cache", default=default_cache_dir(), metavar="DIR",
+                     help="JAX compilation cache folder (default %(default)s)")
+    run.add_argument("--no-compile-cache", action="store_true",
+                     help="do not read or write the compilation cache")
+    scale = parser.add_argument_group(
+        "devices and hosts", "each process shards its batches over its local devices and "
+        "refines in worker processes; several processes (auto-detected under SLURM, Open MPI "
+        "and multi-host TPU slices, or given by the three flags below) each take a disjoint "
+        "share of the images, writing into the same --out")
+    scale.add_argument("--max-devices", type=int, metavar="D",
+                       help="use at most D local devices (default: all)")
+    scale.add_argument("--refine-workers", type=int, metavar="W",
+                       help="refinement worker processes (default: one per core; 0: refine in "
+                            "the main process)")
+    scale.add_argument("--coordinator-address", metavar="HOST:PORT",
+                       help="jax.distributed coordinator (process 0's address)")
+    scale.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    scale.add_argument("--process-id", type=int, metavar="I", help="this process, 0 .. N-1")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+    run.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return parser
+
+
+def _parse_labels(text: Optional[str]):
+    if text is None:
+        return None
+    return "auto" if text.strip().lower() == "auto" else text.split(",")
+
+
+def _dataset(args):
+    """The items of the run, from image paths or a dataset layout."""
+    from jaxseg.run import datasets
+
+    labels = _parse_labels(args.labels)
+    if labels is not None and args.labels_file:
+        raise UsageError("give either --labels or --labels-file, not both")
+    if args.dataset:
+        if args.images:
+            raise UsageError("give either image files or --dataset, not both")
+        if not args.root:
+            raise UsageError(f"--dataset {args.dataset} needs --root DIR")
+        if args.dataset == "voc":
+            if args.labels_file:
+                raise UsageError("--dataset voc reads labels from the ground truth; drop "
+                                 "--labels-file (or use --labels auto)")
+            dataset = datasets.voc_dataset(args.root, args.split, labels)
+        else:
+            dataset = datasets.folder_dataset(args.root, labels, args.labels_file)
+    elif not args.images:
+        raise UsageError("nothing to segment: give image files or --dataset voc|folder --root DIR")
+    elif labels is None and not args.labels_file:
+        raise UsageError("give labels: --labels cat,sofa, --labels-file FILE or --labels auto")
+    else:
+        by_stem = datasets.read_labels_file(args.labels_file) if args.labels_file else None
+        dataset = datasets.collect_items(args.images, labels, by_stem,
+                                         args.labels_file or "the labels file")
+    if args.limit is not None:
+        dataset.items = dataset.items[:max(0, args.limit)]
+    return dataset
+
+
+def _config(args):
+    from jaxseg.config import SegmentConfig
+    from jaxseg.labels.autolabel import AutoLabelConfig
+    from jaxseg.labels.vocab import load_vocabulary
+
+    config = SegmentConfig(auto=AutoLabelConfig(vocabulary=args.vocab))
+    tta = {name: value for name, value in (("input_size", args.input_size),
+                                           ("canvas_size", args.canvas_size)) if value is not None}
+    if tta:
+        config = dataclasses.replace(config, tta=dataclasses.replace(config.tta, **tta))
+    if args.refine_steps is not None:
+        if args.refine_steps < 1:
+            raise UsageError(f"--refine-steps must be >= 1, got {args.refine_steps}")
+        classifier = dataclasses.replace(config.refine.classifier, steps=args.refine_steps)
+        config = dataclasses.replace(config, refine=dataclasses.replace(
+            config.refine, classifier=classifier))
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if _parse_labels(args.labels) == "auto":
+        load_vocabulary(args.vocab)  # a bad --vocab is a usage error before any work
+    return config
+
+
+class _Console:
+    """Prints warnings once each and errors one line each, without breaking the progress bar."""
+
+    def __init__(self, quiet: bool, debug: bool):
+        self.quiet, self.debug, self.bar, self._seen = quiet, debug, None, set()
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def warn(self, message: str) -> None:
+        if message not in self._seen:
+            self._seen.add(message)
+            self.line(f"warning: {message}")
+
+    def failure(self, path: str, reason: str, trace: Optional[str] = None) -> None:
+        if self.debug and trace:
+            self.line(trace.rstrip())
+        self.line(f"error: {path}: {reason}")
+
+    def progress(self, total: int):
+        from tqdm import tqdm
+
+        # rate_noinv: images/s even below one image per second (tqdm would show s/img).
+        self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True,
+                        disable=self.quiet or total <= 1, desc="segment",
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                                   "[{elapsed}<{remaining}, {rate_noinv_fmt}]")
+        return self.bar
+
+
+@contextlib.contextmanager
+def _warnings_to(console: _Console):
+    """Library warnings become one ``warning:`` line each (no file/line noise)."""
+    previous = warnings.showwarning
+    warnings.showwarning = lambda message, *rest, **kw: console.warn(str(message))
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
+def _run(args, console: _Console) -> int:
+    from jaxseg.run import sharding
+
+    # jax.distributed must connect before anything else touches JAX.
+    sharding.initialize_distributed(args.coordinator_address, args.num_processes,
+                                    args.process_id, auto=True)
+    import jax
+
+    from jaxseg.clip.handle import load_clip
+    from jaxseg.run import runner
+    from jaxseg.segmenter import Segmenter
+
+    config = _config(args)
+    dataset = _dataset(args)
+    if args.max_devices is not None and args.max_devices < 1:
+        raise UsageError(f"--max-devices must be >= 1, got {args.max_devices}")
+    configure_compile_cache(None if args.no_compile_cache else args.compile_cache)
+    clip = load_clip(args.model)
+    items, failures = dataset.items, dataset.failures
+    if jax.process_count() > 1:
+        # Every process lists the dataset; each runs its own share, process 0 reports listing errors.
+        items = sharding.process_share(items)
+        failures = failures if jax.process_index() == 0 else []
+    mesh = sharding.data_mesh(args.max_devices)
+    segmenter = Segmenter(clip, config, mesh if mesh.size > 1 else None)
+    items, unfit = runner.prepare_items(items, segmenter, console.warn)
+    failures = failures + unfit
+    for path, reason in failures:
+        console.failure(path, reason)
+    summary = runner.run_dataset(items, segmenter, args.out, args.batch_size,
+                                 model_name=args.model, overlay=args.overlay,
+                                 overwrite=args.overwrite, make_progress=console.progress,
+                                 report=console.failure, refine_workers=args.refine_workers)
+    sharding.barrier("jaxseg-segment-done")
+    console.bar = None
+    failures += summary.failures
+    if not args.quiet:
+        done = len(summary.written)
+        rate = done / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
+        stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds
+                           in sorted(summary.stage_seconds.items()))
+        console.line(f"{done} written, {summary.skipped} already complete, {len(failures)} failed "
+                     f"in {summary.wall_seconds:.1f} s ({rate:.2f} images/s) -> {args.out}"
+                     + (f"; per stage: {stages}" if stages else ""))
+    if failures:
+        console.line(f"{len(failures)} input(s) failed:")
+        for path, reason in failures:
+            console.line(f"  {path}: {reason}")
+        return 1
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    from jaxseg.run.datasets import DatasetError
+
+    args = build_parser().parse_args(argv)
+    console = _Console(args.quiet, args.debug)
+    with _warnings_to(console):
+        try:
+            return _run(args, console)
+        except KeyboardInterrupt:
+            console.line("interrupted; run the same command again to resume")
+            return 130
+        except (UsageError, DatasetError, ValueError, OSError) as error:
+            # CheckpointError is a ValueError; OSError: e.g. an output folder that cannot be made.
+            if args.debug:
+                traceback.print_exc()
+            console.line(f"{PROG}: error: {' '.join(str(error).split())}")
+            return 2
+        except Exception as error:  # noqa: BLE001 - one line unless --debug.
+            if args.debug:
+                traceback.print_exc()
+            console.line(f"{PROG}: internal error: {type(error).__name__}: {error} (rerun with "
+                         "--debug for the traceback)")
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

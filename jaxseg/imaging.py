@@ -1,0 +1,90 @@
+"""Image arrays: conversion to RGB uint8, and resizing images and float maps.
+
+This is the one place jaxseg converts and resizes images (PIL filters).
+
+CLIP's own preprocessing (``jaxseg.clip.preprocess``) keeps its resize, as part of the
+standalone CLIP port.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Any common image array -> uint8 ``[H, W, 3]`` RGB.
+
+    Accepts ``[H, W]`` grey, ``[H, W, 1|3|4]`` (alpha dropped), uint8, uint16
+    (``v * 255 / 65535`` rounded, the rule of ``read_image``) or float in [0, 1].
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape:
+        raise ValueError(f"image must be [H, W], [H, W, 3] or [H, W, 4] and non-empty, got "
+                         f"shape {image.shape}")
+    if image.dtype == np.uint16:
+        image = np.round(image * (255.0 / 65535.0)).astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.floating):
+        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"image dtype {image.dtype} is not supported; use uint8, uint16 or "
+                         "float in [0, 1]")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def resize_image(image: np.ndarray, size_hw: tuple[int, int],
+                 resample: int = Image.BILINEAR) -> np.ndarray:
+    """Resizes a uint8 ``[H, W, 3]`` image to ``size_hw`` with a PIL filter (antialiased
+    when shrinking); bilinear by default, e.g. ``PIL.Image.BICUBIC`` for CLIP's views."""
+    height, width = size_hw
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), resample))
+
+
+def resize_maps(maps: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resizes float maps ``[C, h, w]`` to ``[C, H, W]`` (pixel-centre aligned).
+
+    PIL's float mode keeps full precision and antialiases when shrinking, which is
+    what both the downscaling of score maps and the upsampling of patch grids need.
+    """
+    height, width = size_hw
+    maps = np.asarray(maps, np.float32)
+    if maps.shape[1:] == (height, width):
+        return maps
+    resized = [np.asarray(Image.fromarray(np.ascontiguousarray(channel))
+                          .resize((width, height), Image.BILINEAR)) for channel in maps]
+    if not resized:
+        return np.zeros((0, height, width), np.float32)
+    return np.stack(resized).astype(np.float32)
+
+
+def sample_maps(maps: np.ndarray, pixels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """``resize_maps(maps, size_hw)`` read at flat ``pixels`` only: ``[C, len(pixels)]``.
+
+    When upsampling, PIL's bilinear filter is the plain pixel-centre interpolation with
+    edge clamping, computed here for the given pixels alone: the full-size maps, which
+    for a large image would take gigabytes, are never built. (Shrinking antialiases, so
+    it goes through ``resize_maps``.)
+    """
+    maps = np.asarray(maps, np.float32)
+    height, width = size_hw
+    if height < maps.shape[1] or width < maps.shape[2]:
+        return resize_maps(maps, size_hw).reshape(len(maps), -1)[:, pixels]
+    rows, cols = np.divmod(np.asarray(pixels, np.int64), width)
+
+    def axis(index, out_size, in_size):
+        source = np.clip((index + 0.5) * (in_size / out_size) - 0.5, 0.0, in_size - 1)
+        low = np.floor(source).astype(np.int64)
+        high = np.minimum(low + 1, in_size - 1)
+        return low, high, (source - low).astype(np.float32)
+
+    y0, y1, fy = axis(rows, height, maps.shape[1])
+    x0, x1, fx = axis(cols, width, maps.shape[2])
+    top = maps[:, y0, x0] * (1 - fx) + maps[:, y0, x1] * fx
+    bottom = maps[:, y1, x0] * (1 - fx) + maps[:, y1, x1] * fx
+    return top * (1 - fy) + bottom * fy

@@ -1,0 +1,1 @@
+"""Labels: cleaning and fitting class names to CLIP's prompts, vocabularies, automatic labels."""

@@ -1,0 +1,1 @@
+"""Runs over many images: dataset layouts, image files, devices and hosts, the run loop."""

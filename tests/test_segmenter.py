@@ -1,0 +1,115 @@
+"""The Segmenter: label handling, image conversion, determinism, batching."""
+
+import numpy as np
+import pytest
+
+import jaxseg
+from jaxseg.imaging import as_rgb_uint8
+from jaxseg.labels.prompts import clean_labels
+from jaxseg.segmenter import segment_batch
+
+CONFIG = jaxseg.SegmentConfig(tta=jaxseg.TTAConfig(input_size=32, canvas_size=64))
+
+
+def two_region_image():
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, :30] = (200, 30, 30)
+    image[:, 30:] = (30, 30, 200)
+    return image
+
+
+def test_clean_labels_drops_empty_and_repeated_names():
+    with pytest.warns(UserWarning):
+        assert clean_labels(["cat", " ", "Cat", "sofa ", "potted plant", "pottedplant"]) == [
+            "cat", "sofa", "potted plant"]
+    with pytest.raises(ValueError, match="list of names"):
+        clean_labels("cat,sofa")
+
+
+def test_image_kinds_are_converted():
+    grey = np.full((5, 6), 7, np.uint8)
+    assert as_rgb_uint8(grey).shape == (5, 6, 3)
+    rgba = np.zeros((5, 6, 4), np.uint8)
+    rgba[..., 3] = 255
+    assert not as_rgb_uint8(rgba).any()
+    sixteen = np.full((5, 6, 3), 65535, np.uint16)
+    assert (as_rgb_uint8(sixteen) == 255).all()
+    assert (as_rgb_uint8(np.ones((5, 6, 3))) == 255).all()
+    with pytest.raises(ValueError, match="non-empty"):
+        as_rgb_uint8(np.zeros((0, 6, 3), np.uint8))
+
+
+def test_segment_outputs_and_determinism(tiny_clip):
+    image = two_region_image()
+    first = jaxseg.segment(tiny_clip, image, ["red thing", "blue thing"], CONFIG)
+    second = jaxseg.segment(tiny_clip, image, ["red thing", "blue thing"], CONFIG)
+    assert first.mask.shape == (40, 60) and first.mask.dtype == np.int32
+    assert first.scores.shape == (2, 40, 60) and first.labels == ["red thing", "blue thing"]
+    assert set(np.unique(first.mask)) <= {0, 1, 2}
+    np.testing.assert_array_equal(first.mask, second.mask)
+    np.testing.assert_array_equal(first.scores, second.scores)
+    assert set(first.timings) == {"relevance", "refine"}
+
+
+def test_no_labels_is_all_background(tiny_clip):
+    result = jaxseg.segment(tiny_clip, two_region_image(), [], CONFIG)
+    assert result.scores.shape == (0, 40, 60) and not result.mask.any()
+
+
+def test_batch_equals_single(tiny_clip):
+    rng = np.random.RandomState(0)
+    images = [(rng.rand(30, 50, 3) * 255).astype(np.uint8), two_region_image()]
+    labels = [["cat"], ["red thing", "blue thing", "table"]]
+    batch = segment_batch(tiny_clip, images, labels, CONFIG, batch_size=4)
+    for image, names, result in zip(images, labels, batch):
+        alone = jaxseg.segment(tiny_clip, image, names, CONFIG)
+        np.testing.assert_allclose(result.scores, alone.scores, atol=1e-5)
+        assert result.labels == names
+        assert np.mean(result.mask == alone.mask) > 0.99
+
+
+def test_cli_mask_and_labels_equal_the_segmenters_and_segment_gives_the_same_mask(
+        tmp_path, tiny_checkpoint, tiny_clip):
+    import json
+    import warnings
+
+    import jaxseg.cli.segment as cli
+    from PIL import Image
+
+    image = two_region_image()
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    long_label = "striped " * 40 + "zebra"  # over CLIP's 77 tokens with every template
+    labels = ["red thing", " blue thing", long_label]
+    (tmp_path / "labels.json").write_text(json.dumps({"photo": labels}))
+    # The CLI's --input-size / --canvas-size / --refine-steps / --batch-size give CONFIG.
+    status = cli.main(["--input-size", "32", "--canvas-size", "64", "--batch-size", "1",
+                       str(tmp_path / "photo.png"), "--labels-file", str(tmp_path / "labels.json"),
+                       "--model", tiny_checkpoint[0], "--no-compile-cache", "--quiet",
+                       "--out", str(tmp_path / "out")])
+    assert status == 0
+    cli_mask = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
+    cli_labels = json.loads((tmp_path / "out" / "photo.json").read_text())["labels"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = jaxseg.Segmenter(tiny_clip, CONFIG).segment(image, labels)
+    assert any("does not fit CLIP's 77-token prompt" in str(w.message) for w in caught)
+    assert result.labels == cli_labels and len(cli_labels) == 3
+    assert long_label.startswith(cli_labels[2]) and cli_labels[2] != long_label
+    np.testing.assert_array_equal(result.mask, cli_mask)
+    assert len(np.unique(cli_mask)) > 1
+    np.testing.assert_array_equal(jaxseg.segment(tiny_clip, image, labels, CONFIG).mask, cli_mask)
+
+
+def test_parameters_are_freed_with_the_segmenter_and_the_model(tiny_checkpoint):
+    import gc
+    import weakref
+
+    clip = jaxseg.load_clip(tiny_checkpoint[0])
+    seg = jaxseg.Segmenter(clip, CONFIG)
+    seg.segment(two_region_image(), ["red thing"])
+    jaxseg.segment(clip, two_region_image(), ["blue thing"], CONFIG)
+    param = weakref.ref(clip.params["vision_model"]["post_layernorm"]["norm"]["scale"])
+    assert param() is not None
+    del seg, clip
+    gc.collect()
+    assert param() is None
