@@ -38,6 +38,7 @@ from jaxseg.labels.vocab import VOC_CLASSES, normalize_class_name
 from jaxseg.run.imageio import read_mask
 
 _VOID_NAMES = frozenset({"unlabeled", "unlabelled", "void", "ignore"})
+PICTURE_SUFFIXES = ("_overlay", "_maps")  # pictures written beside predictions
 
 
 class ConfusionMatrix:
@@ -313,10 +314,11 @@ def evaluate(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
     for what, root in (("prediction", pred_root), ("ground truth", gt_root)):
         if not root.is_dir():
             raise ValueError(f"{what} folder {root} does not exist; pass an existing folder")
-    # `jaxseg.segment --overlay` writes <stem>_overlay.png beside <stem>.png: not a prediction.
-    pred_paths = sorted(path for path in pred_root.glob("*.png")
-                        if not (path.stem.endswith("_overlay")
-                                and path.with_name(path.stem[:-len("_overlay")] + ".png").exists()))
+    # `jaxseg.segment --overlay / --heatmaps` write <stem>_overlay.png / <stem>_maps.png beside
+    # <stem>.png: pictures, not predictions.
+    pred_paths = sorted(path for path in pred_root.glob("*.png") if not any(
+        path.stem.endswith(suffix) and path.with_name(path.stem[:-len(suffix)] + ".png").exists()
+        for suffix in PICTURE_SUFFIXES))
     if not pred_paths:
         raise ValueError(f"prediction folder {pred_root} holds no .png prediction")
     space = load_class_space(classes)

@@ -27,10 +27,13 @@ from jax.sharding import Mesh
 from jaxseg.config import SegmentConfig
 from jaxseg.imaging import as_rgb_uint8
 from jaxseg.labels import autolabel
+from jaxseg.labels.presets import label_queries
 from jaxseg.labels.prompts import class_embeddings, prepare_labels
 from jaxseg.labels.vocab import load_vocabulary
 from jaxseg.maps import batch as batch_lib
-from jaxseg.refinement.config import RefineConfig
+from jaxseg.maps.scoring import label_map
+from jaxseg.maps.stage import relevance_batch
+from jaxseg.refinement.crf import dense_crf
 from jaxseg.refinement.refine import refine
 
 Labels = Union[Sequence[str], str]
@@ -42,7 +45,8 @@ class SegmentResult:
 
     Attributes:
       mask: int32 ``[H, W]``: 0 background, ``i + 1`` = ``labels[i]``.
-      scores: float32 ``[K, H, W]`` TTA relevance in image coordinates, in [0, 1].
+      scores: float32 ``[K, H, W]`` label scores in image coordinates, in [0, 1] (the
+        method's maps, scored by ``config.scoring``).
       labels: the labels used, in order (after cleaning or automatic labelling).
       timings: seconds per stage (``relevance``, ``refine``; ``auto_labels`` if used).
       label_scores: for automatic labels, the probability of each chosen label.
@@ -61,27 +65,36 @@ class DeviceOutput:
 
     Attributes:
       labels: the labels segmented (prepared, or picked automatically).
-      scores: float32 ``[K, H, W]`` relevance in image coordinates, in [0, 1].
+      scores: float32 ``[K, H, W]`` label scores in image coordinates, in [0, 1].
+      background: float32 ``[H, W]`` the method's background score (``jaxseg.maps.scoring``).
       features: float32 ``[gh, gw, P]`` CLIP patch features, or None.
-      label_scores: for automatic labels, the probability of each chosen label.
+      label_scores: for automatic labels, each chosen label's score.
       timings: seconds per stage so far.
     """
 
     labels: list[str]
-    scores: np.ndarray
-    features: Optional[np.ndarray]
+    scores: Optional[np.ndarray] = None
+    background: Optional[np.ndarray] = None
+    features: Optional[np.ndarray] = None
     label_scores: Optional[list[float]] = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def refine_mask(image: np.ndarray, output: DeviceOutput,
-                config: RefineConfig) -> tuple[np.ndarray, float]:
+                config: SegmentConfig) -> tuple[np.ndarray, float]:
     """The host stage of one image: its mask (int32 ``[H, W]``) and the seconds it took.
 
-    Module level and picklable, so a process pool can run it.
+    ``config.refine_mode`` chooses jaxseg's refinement (``"graphcut"``), the dense CRF
+    (``"crf"``) or the argmax of the scores (``"none"``). Module level and picklable, so a
+    process pool can run it.
     """
     start = time.perf_counter()
-    mask = refine(image, output.scores, output.features, config)
+    if config.refine_mode == "graphcut":
+        mask = refine(image, output.scores, output.features, config.refine)
+    elif config.refine_mode == "crf":
+        mask = dense_crf(image, output.scores, output.background, config.crf)
+    else:
+        mask = label_map(output.scores, output.background, config.scoring.prob_threshold)
     return mask, time.perf_counter() - start
 
 
@@ -90,23 +103,32 @@ class Segmenter:
 
     Args:
       clip: a ``jaxseg.CLIP`` from ``load_clip``.
-      config: every stage's settings.
+      config: every stage's settings; settings left at None take the relevance method's
+        defaults (``config.resolved()``, kept as ``self.config``).
       mesh: optional ``jax.sharding.Mesh`` with a ``"data"`` axis: batches are split over
         its devices (batch sizes rounded up to a multiple of its size), parameters
         replicated.
     """
 
     def __init__(self, clip, config: SegmentConfig = SegmentConfig(), mesh: Optional[Mesh] = None):
-        self.clip, self.config, self.mesh = clip, config, mesh
-        # The programs are made by the CLIP handle, which shares them between Segmenters of
-        # the same settings (``jaxseg.segment`` makes one per call) and frees them with itself.
-        self._relevance_program = clip.compiled(batch_lib.tta_program, tta=config.tta,
-                                                relevance=config.relevance)
-        self._auto_program = clip.compiled(autolabel.variant_probabilities, tta=config.tta)
+        self.clip, self.config, self.mesh = clip, config.resolved(), mesh
+        prompts = self.config.prompts
+        self._names = dict(prompts.names)
         self._prepared: dict[tuple[str, ...], list[str]] = {}
         self._embeddings: dict[str, np.ndarray] = {}
-        self._vocabulary = None  # (names, [E, P] embeddings), made on first use
+        self._vocabulary = None  # image rule: (names, [E, P] embeddings), made on first use
         self._replicated = None  # parameters on every device of the mesh, made on first use
+        background = prompts.background if self.config.relevance.needs_background else ()
+        self._background = (np.stack([self._embed(name) for name in background]) if background
+                            else np.zeros((0, clip.config.projection_dim), np.float32))
+
+    def _embed(self, text: str) -> np.ndarray:
+        """``[P]`` prompt-ensembled embedding of one query, computed once."""
+        if text not in self._embeddings:
+            # One text at a time: its embedding does not depend on the others in a batch.
+            self._embeddings[text] = class_embeddings(self.clip, [text],
+                                                      self.config.prompts.templates)[0]
+        return self._embeddings[text]
 
     def prepare_labels(self, labels: Sequence[str]) -> list[str]:
         """User labels -> the labels segmented (``jaxseg.labels.prompts.prepare_labels``:
@@ -115,38 +137,28 @@ class Segmenter:
         key = tuple(labels) if not isinstance(labels, str) else labels
         if key not in self._prepared:
             self._prepared[key] = prepare_labels(
-                labels, self.clip.tokenizer, self.config.tta.templates,
+                labels, self.clip.tokenizer, self.config.prompts.templates,
                 self.clip.config.text.max_position_embeddings)
         return list(self._prepared[key])
 
     def label_embeddings(self, labels: Sequence[str]) -> np.ndarray:
-        """``[K, P]`` prompt-ensembled embeddings of prepared labels, each computed once."""
-        for label in labels:
-            if label not in self._embeddings:
-                # One label at a time: its embedding does not depend on the others in a batch.
-                self._embeddings[label] = class_embeddings(
-                    self.clip, [label], self.config.tta.templates)[0]
+        """``[K, P]`` prompt-ensembled embeddings of prepared labels as written."""
         if not labels:
             return np.zeros((0, self.clip.config.projection_dim), np.float32)
-        return np.stack([self._embeddings[label] for label in labels])
+        return np.stack([self._embed(label) for label in labels])
 
-    def auto_labels(self, image: np.ndarray) -> tuple[list[str], list[float]]:
-        """Labels picked by CLIP from ``config.auto.vocabulary`` for a uint8 ``[H, W, 3]``
-        image, best first, and their probabilities (see ``jaxseg.labels.autolabel``)."""
-        auto = self.config.auto
-        if self._vocabulary is None:
-            entries = load_vocabulary(auto.vocabulary)
-            self._vocabulary = ([entry.name for entry in entries], autolabel.vocabulary_embeddings(
-                self.clip, entries, self.config.tta.templates) if entries else None)
-        names, embeds = self._vocabulary
-        if not names or auto.top_k == 0:
-            return [], []
-        canvas, content_hw = batch_lib.tta_lib.prepare_canvas(image, self.config.tta)
-        probabilities = self._auto_program(self.clip.params, canvas,
-                                           np.asarray(content_hw, np.int32), embeds)
-        chosen = autolabel.select_labels(names, np.asarray(jax.device_get(probabilities)).max(0),
-                                         auto)
-        return [name for name, _ in chosen], [score for _, score in chosen]
+    def _queries(self, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Query embeddings ``[Q, P]`` of labels (each label's names in the method's table,
+        then the background names of the softmax rule) and each query's owner ``[Q]``."""
+        texts, owner = [], []
+        for index, label in enumerate(labels, start=1):
+            for query in label_queries(label, self._names):
+                texts.append(query)
+                owner.append(index)
+        if self.config.scoring.rule == "softmax":
+            texts += list(self.config.prompts.background)
+            owner += [0] * len(self.config.prompts.background)
+        return np.stack([self._embed(text) for text in texts]), np.asarray(owner, np.int32)
 
     def _params(self):
         if self.mesh is None:
@@ -155,9 +167,46 @@ class Segmenter:
             self._replicated = batch_lib.replicate(self.clip.params, self.mesh)
         return self._replicated
 
+    def _device_pass(self, images: Sequence[np.ndarray], labels: Sequence[Sequence[str]],
+                     batch_size: Optional[int]) -> list:
+        batch = max(batch_size or 0, len(images))
+        if self.mesh is not None:
+            batch = -(-batch // self.mesh.size) * self.mesh.size
+        queries, owners = zip(*(self._queries(names) for names in labels))
+        return relevance_batch(self.clip.compiled, self._params(), images, queries, owners,
+                               [len(names) for names in labels], self._background, self.config,
+                               self.clip.config.vision.patch_size, batch, self.mesh)
+
+    def auto_labels(self, images: Sequence[np.ndarray]) -> list[tuple[list[str], list[float]]]:
+        """Labels picked from ``config.auto.vocabulary`` for uint8 ``[H, W, 3]`` images, best
+        first, with their scores (``jaxseg.labels.autolabel``: image-level probabilities, or
+        with the dense rule the pixel shares the labels win)."""
+        auto = self.config.auto
+        entries = load_vocabulary(auto.vocabulary)
+        if not entries or auto.top_k == 0:
+            return [([], []) for _ in images]
+        names = [entry.name for entry in entries]
+        if auto.rule == "dense":
+            chosen = [autolabel.select_by_share(names, label_map(
+                scores, plane, self.config.scoring.prob_threshold), auto)
+                for scores, plane, _ in self._device_pass(images, [names] * len(images), None)]
+        else:
+            if self._vocabulary is None:
+                self._vocabulary = autolabel.vocabulary_embeddings(
+                    self.clip, entries, self.config.prompts.templates)
+            program = self.clip.compiled(autolabel.variant_probabilities, tta=self.config.tta)
+            chosen = []
+            for image in images:
+                canvas, content_hw = batch_lib.tta_lib.prepare_canvas(image, self.config.tta)
+                probabilities = program(self.clip.params, canvas,
+                                        np.asarray(content_hw, np.int32), self._vocabulary)
+                chosen.append(autolabel.select_labels(
+                    names, np.asarray(jax.device_get(probabilities)).max(0), auto))
+        return [([name for name, _ in pairs], [score for _, score in pairs]) for pairs in chosen]
+
     def relevance_stage(self, images: Sequence[np.ndarray], labels: Sequence[Labels],
                         batch_size: Optional[int] = None) -> list[DeviceOutput]:
-        """The device stage of a batch: labels, then every label's map (one ``device_get``).
+        """The device stage of a batch: labels, then every label's scores (one ``device_get``).
 
         Args:
           images: uint8 ``[H, W, 3]`` RGB images (see ``jaxseg.imaging.as_rgb_uint8``).
@@ -169,42 +218,37 @@ class Segmenter:
         Returns:
           One :class:`DeviceOutput` per image; images without labels skip the device.
         """
-        outputs = []
-        for image, wanted in zip(images, labels):
-            if isinstance(wanted, str) and wanted == "auto":
-                start = time.perf_counter()
-                names, scores = self.auto_labels(image)
-                outputs.append(DeviceOutput(names, None, None, scores,
-                                            {"auto_labels": time.perf_counter() - start}))
-            else:
-                outputs.append(DeviceOutput(self.prepare_labels(wanted), None, None))
+        outputs = [DeviceOutput([] if isinstance(wanted, str) else self.prepare_labels(wanted))
+                   for wanted in labels]
+        wanted_auto = [i for i, wanted in enumerate(labels) if isinstance(wanted, str)]
+        if wanted_auto:
+            if any(labels[i] != "auto" for i in wanted_auto):
+                raise ValueError("labels must be a list of names or 'auto' per image")
+            start = time.perf_counter()
+            chosen = self.auto_labels([images[i] for i in wanted_auto])
+            share = (time.perf_counter() - start) / len(wanted_auto)
+            for i, (names, scores) in zip(wanted_auto, chosen):
+                outputs[i].labels, outputs[i].label_scores = names, scores
+                outputs[i].timings["auto_labels"] = share
         todo = [i for i, out in enumerate(outputs) if out.labels]
         start = time.perf_counter()
         if todo:
-            batch = max(batch_size or 0, len(todo))
-            if self.mesh is not None:
-                batch = -(-batch // self.mesh.size) * self.mesh.size
-            embeds = [self.label_embeddings(outputs[i].labels) for i in todo]
-            inputs, content = batch_lib.pack_batch([images[i] for i in todo], embeds,
-                                                   self.config.tta, batch)
-            if self.mesh is not None:
-                inputs = batch_lib.place(inputs, self.mesh)
-            device = jax.device_get(self._relevance_program(self._params(), *inputs))
-            results = batch_lib.unpack_batch(device, content, [images[i] for i in todo],
-                                             [len(e) for e in embeds])
-            for i, (scores, features) in zip(todo, results):
-                outputs[i].scores = scores
+            results = self._device_pass([images[i] for i in todo],
+                                        [outputs[i].labels for i in todo], batch_size)
+            for i, (scores, background, features) in zip(todo, results):
+                outputs[i].scores, outputs[i].background = scores, background
                 outputs[i].features = features if self.config.use_features else None
         share = (time.perf_counter() - start) / len(images)
         for image, out in zip(images, outputs):
             if out.scores is None:
                 out.scores = np.zeros((0,) + image.shape[:2], np.float32)
+                out.background = np.ones(image.shape[:2], np.float32)
             out.timings["relevance"] = share
         return outputs
 
     def refine_stage(self, image: np.ndarray, output: DeviceOutput) -> SegmentResult:
-        """The host stage of one image: refinement of its device output into a mask."""
-        mask, seconds = refine_mask(image, output, self.config.refine)
+        """The host stage of one image: its device output turned into a mask."""
+        mask, seconds = refine_mask(image, output, self.config)
         return SegmentResult(mask, output.scores, output.labels,
                              {**output.timings, "refine": seconds}, output.label_scores)
 

@@ -70,7 +70,7 @@ def run_sequential(segmenter, batches, batch_size, pool) -> list:
     from jaxseg.segmenter import refine_mask
     masks = []
     for batch in batches:
-        jobs = [(i, (*entry, segmenter.config.refine))
+        jobs = [(i, (*entry, segmenter.config))
                 for i, entry in enumerate(device_stage(segmenter, batch, batch_size))]
         masks += [future.result()[0] for _, future in pool.imap(refine_mask, jobs)]
     return masks
@@ -90,7 +90,7 @@ def run_overlapped(segmenter, batches, batch_size, pool) -> list:
     def jobs():
         index = 0
         while (entry := handoff.get()) is not done:
-            yield index, (*entry, segmenter.config.refine)
+            yield index, (*entry, segmenter.config)
             index += 1
 
     producer = threading.Thread(target=produce, daemon=True)
@@ -127,7 +127,7 @@ def child(folder: str, count: int, workers_list: list[int]) -> None:
     device_s = time.perf_counter() - start
     for workers in workers_list:
         with RefinePool(workers) as pool:
-            warm_jobs = [(i, (*warm[0][0], segmenter.config.refine))
+            warm_jobs = [(i, (*warm[0][0], segmenter.config))
                          for i in range(2 * max(1, workers))]
             start = time.perf_counter()
             list(pool.imap(refine_mask, warm_jobs))  # starts and compiles every worker

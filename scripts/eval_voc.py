@@ -1,9 +1,17 @@
 """Pseudo-label mIoU on PASCAL VOC 2012 (train and val), the way the README's table is made.
 
-With internet, the headline numbers (openai/clip-vit-base-patch16, image labels from the
-ground truth and from `--labels auto`):
+With internet, every row of the README's table (openai/clip-vit-base-patch16):
 
-  python scripts/eval_voc.py --voc-root VOCdevkit/VOC2012 --out runs/voc
+  python scripts/eval_voc.py --voc-root VOCdevkit/VOC2012 --out runs/voc [--rows NAME ...]
+
+Rows (``--rows``; default all), each against the published figure where there is one:
+  chefer, chefer-auto          jaxseg's default pipeline, ground-truth / automatic labels
+  clip-es                      CLIP-ES's maps, their background rule, no CRF (70.8 on train)
+  clip-es-crf                  --preset clip-es: + their dense CRF (75.0 on train)
+  clip-es-refine               CLIP-ES's maps + jaxseg's refinement
+  naclip, naclip-auto          --preset naclip with ground-truth / automatic labels
+  naclip-open                  --preset naclip, every VOC class on every image: NACLIP's
+                               open-vocabulary VOC21 setting (64.1 mIoU on val)
 
 Mechanics check on the bundled development set (any checkpoint folder, e.g. a random one;
 numbers are then meaningless):
@@ -26,6 +34,22 @@ import subprocess
 import sys
 
 
+GT_LABELS = object()  # stands for the dataset's ground-truth image labels
+ROWS = {
+    "chefer": ("jaxseg (Chefer + refinement)", GT_LABELS, []),
+    "chefer-auto": ("jaxseg, automatic labels", ["--labels", "auto", "--vocab", "voc"], []),
+    "clip-es": ("CLIP-ES maps", GT_LABELS, ["--method", "clip-es", "--refine", "none"]),
+    "clip-es-crf": ("CLIP-ES maps + CRF (--preset clip-es)", GT_LABELS, ["--preset", "clip-es"]),
+    "clip-es-refine": ("CLIP-ES maps + jaxseg refinement", GT_LABELS,
+                       ["--method", "clip-es", "--refine", "graphcut"]),
+    "naclip": ("NACLIP (--preset naclip)", GT_LABELS, ["--preset", "naclip"]),
+    "naclip-auto": ("NACLIP, automatic labels", ["--labels", "auto", "--vocab", "voc"],
+                    ["--preset", "naclip"]),
+    "naclip-open": ("NACLIP, open vocabulary (all 20 classes)",
+                    ["--labels", "all", "--vocab", "voc"], ["--preset", "naclip"]),
+}
+
+
 def run(command: list[str]) -> None:
     print("$ " + " ".join(shlex.quote(part) for part in command), flush=True)
     subprocess.run(command, check=True)
@@ -42,6 +66,7 @@ def main() -> None:
                         help="VOC splits (ImageSets/Segmentation/<split>.txt)")
     parser.add_argument("--limit", type=int, help="only the first N images of each run")
     parser.add_argument("--out", default="runs/voc")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--segment-args", default="",
                         help="extra arguments for jaxseg.segment, e.g. '--batch-size 16'")
     args = parser.parse_args()
@@ -57,20 +82,20 @@ def main() -> None:
     extra = shlex.split(args.segment_args) + (["--limit", str(args.limit)] if args.limit else [])
     rows = []
     for name, dataset, gt_labels, gt in datasets:
-        for mode, label_args in (("ground truth", gt_labels), ("auto (VOC vocabulary)",
-                                                               ["--labels", "auto", "--vocab", "voc"])):
-            tag = f"{name}-{'auto' if '--vocab' in label_args else 'gt'}"
-            pred = os.path.join(args.out, tag)
-            run([sys.executable, "-m", "jaxseg.segment", *dataset, *label_args, "--model",
-                 args.model, "--out", pred, "--quiet", *extra])
-            scores = os.path.join(args.out, f"{tag}.scores.json")
+        for row in args.rows:
+            description, label_args, method_args = ROWS[row]
+            label_args = gt_labels if label_args is GT_LABELS else label_args
+            pred = os.path.join(args.out, f"{name}-{row}")
+            run([sys.executable, "-m", "jaxseg.segment", *dataset, *label_args, *method_args,
+                 "--model", args.model, "--out", pred, "--quiet", *extra])
+            scores = os.path.join(args.out, f"{name}-{row}.scores.json")
             run([sys.executable, "-m", "jaxseg.evaluate", "--pred", pred, "--gt", gt,
                  "--classes", "voc", "--json", scores])
             with open(scores) as f:
                 result = json.load(f)
-            rows.append((name, mode, result["num_images"], result["miou"],
+            rows.append((name, description, result["num_images"], result["miou"],
                          result["pixel_accuracy"]))
-    table = ["| set | image labels | images | mIoU (%) | pixel acc. (%) |",
+    table = ["| set | pipeline | images | mIoU (%) | pixel acc. (%) |",
              "|---|---|---|---|---|"]
     table += [f"| {name} | {mode} | {count} | {miou:.1f} | {accuracy:.1f} |"
               for name, mode, count, miou, accuracy in rows]

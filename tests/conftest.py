@@ -19,3 +19,14 @@ def tiny_checkpoint(tmp_path_factory):
 def tiny_clip(tiny_checkpoint):
     import jaxseg
     return jaxseg.load_clip(tiny_checkpoint[0])
+
+
+@pytest.fixture(scope="session")
+def attentive_clip(tmp_path_factory):
+    """``(jaxseg CLIP, torch model)``: random real-size ViT-B/16 with local attention."""
+    import jaxseg
+    from real_clip import make_attentive_checkpoint
+
+    folder = str(tmp_path_factory.mktemp("attentive_clip"))
+    model = make_attentive_checkpoint(folder)
+    return jaxseg.load_clip(folder), model

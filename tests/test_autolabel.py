@@ -6,6 +6,7 @@ import pytest
 import jaxseg
 from jaxseg.labels.autolabel import (AutoLabelConfig, select_labels, variant_probabilities,
                                      vocabulary_embeddings)
+from jaxseg.labels.presets import DEFAULT_TEMPLATES
 from jaxseg.labels.prompts import class_embeddings
 from jaxseg.labels.vocab import VocabEntry
 from jaxseg.maps.tta import TTAConfig, num_variants, prepare_canvas
@@ -31,9 +32,9 @@ def test_select_labels_threshold_top_k_and_order():
 
 
 def test_synonyms_are_averaged_into_one_embedding(tiny_clip):
-    embeds = vocabulary_embeddings(tiny_clip, VOCAB, SMALL_TTA.templates)
+    embeds = vocabulary_embeddings(tiny_clip, VOCAB, DEFAULT_TEMPLATES)
     assert embeds.shape == (4, 24)
-    manual = class_embeddings(tiny_clip, ["cat", "kitty"], SMALL_TTA.templates).mean(axis=0)
+    manual = class_embeddings(tiny_clip, ["cat", "kitty"], DEFAULT_TEMPLATES).mean(axis=0)
     np.testing.assert_allclose(embeds[0], manual / np.linalg.norm(manual), atol=1e-6)
 
 
@@ -43,7 +44,7 @@ def test_auto_labels_are_the_best_variant_scores(tiny_clip):
     canvas, hw = prepare_canvas(image(), SMALL_TTA)
     probabilities = np.asarray(variant_probabilities(
         tiny_clip.params, canvas, np.array(hw), vocabulary_embeddings(
-            tiny_clip, VOCAB, SMALL_TTA.templates), config=tiny_clip.config,
+            tiny_clip, VOCAB, DEFAULT_TEMPLATES), config=tiny_clip.config,
         dtype=tiny_clip.dtype, tta=SMALL_TTA))
     assert probabilities.shape == (num_variants(SMALL_TTA), 4)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

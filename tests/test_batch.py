@@ -3,6 +3,7 @@
 import numpy as np
 
 import jaxseg
+from jaxseg.labels.presets import DEFAULT_TEMPLATES
 from jaxseg.maps import batch as batch_lib
 
 SMALL_TTA = jaxseg.TTAConfig(input_size=32, canvas_size=64)
@@ -10,7 +11,7 @@ SMALL_TTA = jaxseg.TTAConfig(input_size=32, canvas_size=64)
 
 def test_tta_scores_cover_image_in_unit_range(tiny_clip):
     image = (np.random.RandomState(8).rand(40, 70, 3) * 255).astype(np.uint8)
-    texts = jaxseg.class_embeddings(tiny_clip, ["cat", "dog", "sofa"], SMALL_TTA.templates)
+    texts = jaxseg.class_embeddings(tiny_clip, ["cat", "dog", "sofa"], DEFAULT_TEMPLATES)
     scores = jaxseg.relevance_tta(tiny_clip, image, texts, SMALL_TTA)
     assert scores.shape == (3, 40, 70) and scores.dtype == np.float32
     assert scores.min() >= 0.0 and scores.max() <= 1.0
@@ -20,7 +21,7 @@ def test_tta_scores_cover_image_in_unit_range(tiny_clip):
 
 
 def test_new_image_size_does_not_recompile(tiny_clip):
-    texts = jaxseg.class_embeddings(tiny_clip, ["cat", "dog", "sofa"], SMALL_TTA.templates)
+    texts = jaxseg.class_embeddings(tiny_clip, ["cat", "dog", "sofa"], DEFAULT_TEMPLATES)
     program = tiny_clip.compiled(batch_lib.tta_program, tta=SMALL_TTA,
                                  relevance=jaxseg.RelevanceConfig())
     rng = np.random.RandomState(9)
@@ -31,7 +32,7 @@ def test_new_image_size_does_not_recompile(tiny_clip):
     for image in images[1:]:
         jaxseg.relevance_tta(tiny_clip, image, texts, SMALL_TTA)
     # Four labels share the power-of-two bucket of three.
-    four = jaxseg.class_embeddings(tiny_clip, ["a", "b", "c", "d"], SMALL_TTA.templates)
+    four = jaxseg.class_embeddings(tiny_clip, ["a", "b", "c", "d"], DEFAULT_TEMPLATES)
     jaxseg.relevance_tta(tiny_clip, images[0], four, SMALL_TTA)
     assert program._cache_size() == compiled
 
@@ -39,7 +40,7 @@ def test_new_image_size_does_not_recompile(tiny_clip):
 def test_batch_equals_single_images(tiny_clip):
     rng = np.random.RandomState(10)
     images = [(rng.rand(*shape) * 255).astype(np.uint8) for shape in [(40, 70, 3), (50, 30, 3)]]
-    texts = [jaxseg.class_embeddings(tiny_clip, names, SMALL_TTA.templates)
+    texts = [jaxseg.class_embeddings(tiny_clip, names, DEFAULT_TEMPLATES)
              for names in (["cat", "dog"], ["sofa"])]
     segmenter = jaxseg.Segmenter(tiny_clip, jaxseg.SegmentConfig(tta=SMALL_TTA))
     batch = segmenter.relevance_stage(images, [["cat", "dog"], ["sofa"]], batch_size=3)
@@ -53,7 +54,7 @@ def test_flipped_image_gives_flipped_scores_with_a_flip_symmetric_variant_set(ti
     # The full image and its mirror: flipping the image swaps the two variants.
     tta = jaxseg.TTAConfig(input_size=32, canvas_size=64, scales=(1.0,), flip=True)
     image = (np.random.RandomState(11).rand(40, 56, 3) * 255).astype(np.uint8)
-    texts = jaxseg.class_embeddings(tiny_clip, ["cat", "dog"], tta.templates)
+    texts = jaxseg.class_embeddings(tiny_clip, ["cat", "dog"], DEFAULT_TEMPLATES)
     scores = jaxseg.relevance_tta(tiny_clip, image, texts, tta)
     flipped = jaxseg.relevance_tta(tiny_clip, image[:, ::-1].copy(), texts, tta)
     assert np.abs(scores - scores[:, :, ::-1]).max() > 1e-2  # the map itself is not symmetric

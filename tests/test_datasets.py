@@ -107,5 +107,8 @@ def test_select_work_skips_complete_outputs_only(tmp_path):
     todo, skipped = select_work(items, str(tmp_path))
     assert [item.stem for item in todo] == ["b", "c", "d"] and skipped == 1
     assert select_work(items, str(tmp_path), overwrite=True) == (items, 0)
-    # With overlays asked for, an output without its overlay is not complete.
-    assert not is_complete(str(tmp_path), "a", overlay=True)
+    # With pictures asked for, an output without them is not complete.
+    assert not is_complete(str(tmp_path), "a", extras=("overlay",))
+    (tmp_path / "a_overlay.png").write_text("")
+    assert is_complete(str(tmp_path), "a", extras=("overlay",))
+    assert not is_complete(str(tmp_path), "a", extras=("overlay", "maps"))

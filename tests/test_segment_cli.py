@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from jaxseg.cli import segment
-from jaxseg.maps.tta import TTAConfig
+from jaxseg.labels.presets import DEFAULT_TEMPLATES
 from test_datasets import make_voc
 from test_imageio import png_header_only, write_odd_images
 
@@ -103,7 +103,7 @@ def test_labels_are_cleaned_and_long_labels_cut(tmp_path, run, capsys, tiny_clip
     cat, dog, cut = sidecar["labels"]
     assert (cat, dog) == ("cat", "dog")
     assert long_label.startswith(cut) and len(cut) < len(long_label)
-    for template in TTAConfig().templates:
+    for template in DEFAULT_TEMPLATES:
         assert len(tiny_clip.tokenizer.encode(template.format(cut))) <= 75
     for expected in ("ignoring repeated label 'Cat'", "ignoring empty label ''",
                      "does not fit CLIP's 77-token prompt"):

@@ -86,7 +86,9 @@ def child_devices(folder: str, out_path: str) -> None:
     sharded = segmenter.relevance_stage(images, labels, batch)
     # Other image sizes and label counts in the same bucket reuse the sharded program.
     segmenter.relevance_stage(images[::-1][:2], labels[::-1][:2], batch)
-    program = clip.compiled(batch_lib.tta_program, tta=config.tta, relevance=config.relevance)
+    resolved = segmenter.config
+    program = clip.compiled(batch_lib.tta_program, tta=resolved.tta, relevance=resolved.relevance,
+                            scoring=resolved.scoring, num_labels=4)  # 3 or 4 labels: bucket 4
     arrays = {"local_devices": len(jax.local_devices()), "mesh_size": mesh.size, "batch": batch,
               "programs": program._cache_size()}
     for i, (image, output) in enumerate(zip(images, sharded)):
@@ -277,7 +279,7 @@ def test_pool_refinement_equals_inline(pool, tiny_clip):
     segmenter = Segmenter(tiny_clip, config)
     data = small_dataset(3)
     # One image per call: the program ``segment`` compiles (shared with the test above).
-    jobs = [(i, (image, segmenter.relevance_stage([image], [labels])[0], config.refine))
+    jobs = [(i, (image, segmenter.relevance_stage([image], [labels])[0], segmenter.config))
             for i, (_, image, labels) in enumerate(data)]
     pooled = [future.result()[0] for _, future in pool.imap(refine_mask, jobs)]
     with RefinePool(workers=0) as inline:

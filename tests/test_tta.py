@@ -223,13 +223,22 @@ def test_prepare_canvas_rejects_bad_images(bad):
 @pytest.mark.parametrize("kwargs", [
     {"scales": ()}, {"scales": (1.0, 1.5)}, {"scales": (0.5, 0.5)}, {"overlap": 1.0},
     {"scales": (0.6,)},  # flip needs the full image
-    {"templates": ("no placeholder",)}, {"feather": 0.9}, {"input_size": 0}, {"grid_aspect": 0.5},
+    {"feather": 0.9}, {"input_size": 0}, {"grid_aspect": 0.5},
 ])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError, match="TTAConfig"):
         tta.TTAConfig(**kwargs)
 
 
-def test_config_is_hashable_and_templates_have_one_placeholder():
+def test_config_is_hashable():
     assert hash(tta.TTAConfig()) == hash(tta.TTAConfig())
-    assert all(t.format("cat").count("cat") == 1 for t in tta.TTAConfig().templates)
+
+
+def test_prompt_templates_have_one_placeholder():
+    from jaxseg.config import PromptConfig
+    from jaxseg.labels.presets import METHOD_PROMPTS
+
+    for templates, _, _ in METHOD_PROMPTS.values():
+        assert all(t.format("cat").count("cat") == 1 for t in templates)
+    with pytest.raises(ValueError, match="PromptConfig.templates"):
+        PromptConfig(templates=("no placeholder",))

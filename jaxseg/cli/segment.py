@@ -5,6 +5,9 @@ Usage::
     python -m jaxseg.segment IMG [IMG ...] --labels cat,sofa [--model ID_OR_DIR] [--out DIR]
     python -m jaxseg.segment IMG ... --labels-file labels.json       # {"<stem>": ["cat", ...]}
     python -m jaxseg.segment IMG ... --labels auto --vocab voc|coco|FILE
+    python -m jaxseg.segment IMG ... --labels all --vocab voc     # every class of the vocabulary
+    python -m jaxseg.segment IMG ... --labels cat --method clip-es|naclip|chefer+naclip
+    python -m jaxseg.segment IMG ... --labels cat --preset clip-es|clip-es-coco|naclip
     python -m jaxseg.segment --dataset voc --root VOCdevkit/VOC2012 --split val --out DIR
     python -m jaxseg.segment --dataset folder --root DIR [--labels-file F] --out DIR
 
@@ -16,7 +19,17 @@ Per image ``<stem>`` it writes, in ``--out``:
   (seconds per stage), ``image_size`` ``[H, W]``, ``image``, ``model``, and for
   ``--labels auto`` the chosen labels' ``label_scores``;
 - with ``--overlay``, ``<stem>_overlay.png``: the image blended with the mask and
-  a legend of label names.
+  a legend of label names;
+- with ``--heatmaps``, ``<stem>_maps.png``: each label's score map as a heat overlay, one
+  titled panel per label.
+
+Methods: ``--method chefer`` (default; TTA views, jaxseg's refinement), ``clip-es`` and
+``naclip`` (each on its authors' single native-resolution view, prompts, background
+names and scoring), or an ensemble such as ``chefer+naclip``. ``--view tta|native``
+overrides the view, ``--refine graphcut|crf|none`` the last stage (``crf`` is CLIP-ES's
+dense CRF and needs ``pip install 'jaxseg[crf]'``). ``--preset`` reproduces an author's
+pseudo-labels end to end: ``clip-es`` (VOC; with their CRF), ``clip-es-coco``, ``naclip``
+(VOC21: PAMR, no further refinement).
 
 Images: any format PIL reads, shown as a viewer shows them (EXIF orientation
 applied; grey, palette, CMYK and 16-bit converted to RGB, 16-bit values scaled by
@@ -47,6 +60,10 @@ import warnings
 from typing import Optional, Sequence
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
+# Known without importing jaxseg.config (which imports JAX): --help stays fast.
+VIEWS = ("tta", "native")
+REFINE_MODES = ("graphcut", "crf", "none")
+PRESET_NAMES = ("clip-es", "clip-es-coco", "naclip")
 PROG = "python -m jaxseg.segment"
 
 
@@ -85,14 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__)
     parser.add_argument("images", nargs="*", metavar="IMG", help="image files to segment")
     labels = parser.add_argument_group("labels")
-    labels.add_argument("--labels", metavar="A,B|auto",
-                        help="comma-separated class names for every image, or 'auto' to pick "
-                             "them from --vocab")
+    labels.add_argument("--labels", metavar="A,B|auto|all",
+                        help="comma-separated class names for every image, 'auto' to pick "
+                             "them from --vocab, or 'all': every class of --vocab")
     labels.add_argument("--labels-file", metavar="FILE",
                         help='JSON {"<image stem>": ["label", ...]} (folder datasets default to '
                              "ROOT/labels.json)")
     labels.add_argument("--vocab", default="voc", metavar="voc|coco|FILE",
-                        help="vocabulary of --labels auto (default voc)")
+                        help="vocabulary of --labels auto|all (default voc)")
     data = parser.add_argument_group("datasets")
     data.add_argument("--dataset", choices=("voc", "folder"), help="run over a dataset layout")
     data.add_argument("--root", metavar="DIR", help="dataset folder (VOCdevkit/VOC2012, or a "
@@ -104,7 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", default="jaxseg-out", metavar="DIR",
                      help="output folder (default ./jaxseg-out)")
     out.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    out.add_argument("--heatmaps", action="store_true",
+                     help="also write <stem>_maps.png: each label's map as a heat overlay")
     out.add_argument("--overwrite", action="store_true", help="redo images already complete")
+    method = parser.add_argument_group("method")
+    method.add_argument("--method", metavar="NAME[+NAME]",
+                        help="relevance method: chefer (default), clip-es, naclip, or an "
+                             "ensemble such as chefer+naclip")
+    method.add_argument("--view", choices=VIEWS, help="tta (flips and crops) or native (one "
+                        "view at the image's resolution); default: the method's")
+    method.add_argument("--refine", choices=REFINE_MODES, help="graphcut (default), crf "
+                        "(CLIP-ES's dense CRF; needs jaxseg[crf]) or none (argmax)")
+    method.add_argument("--preset", choices=sorted(PRESET_NAMES),
+                        help="an author's pipeline end to end: clip-es, clip-es-coco, naclip")
     run = parser.add_argument_group("model and run")
     run.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_DIR",
                      help=f"Hugging Face hub id or checkpoint folder (default {DEFAULT_MODEL})")
@@ -139,17 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_labels(text: Optional[str]):
+def _parse_labels(text: Optional[str], vocab: str = "voc"):
     if text is None:
         return None
-    return "auto" if text.strip().lower() == "auto" else text.split(",")
+    word = text.strip().lower()
+    if word == "all":
+        from jaxseg.labels.vocab import load_vocabulary
+
+        return [entry.name for entry in load_vocabulary(vocab)]
+    return "auto" if word == "auto" else text.split(",")
 
 
 def _dataset(args):
     """The items of the run, from image paths or a dataset layout."""
     from jaxseg.run import datasets
 
-    labels = _parse_labels(args.labels)
+    labels = _parse_labels(args.labels, args.vocab)
     if labels is not None and args.labels_file:
         raise UsageError("give either --labels or --labels-file, not both")
     if args.dataset:
@@ -178,11 +212,22 @@ def _dataset(args):
 
 
 def _config(args):
-    from jaxseg.config import SegmentConfig
+    from jaxseg.config import PRESETS, SegmentConfig
     from jaxseg.labels.autolabel import AutoLabelConfig
     from jaxseg.labels.vocab import load_vocabulary
+    from jaxseg.maps.config import RelevanceConfig
 
-    config = SegmentConfig(auto=AutoLabelConfig(vocabulary=args.vocab))
+    config = PRESETS[args.preset] if args.preset else SegmentConfig()
+    config = dataclasses.replace(config, auto=AutoLabelConfig(vocabulary=args.vocab))
+    if args.method:
+        if args.preset:
+            raise UsageError("give either --preset or --method, not both")
+        names = tuple(name.strip() for name in args.method.split("+"))
+        config = dataclasses.replace(config, relevance=RelevanceConfig(
+            method=names[0] if len(names) == 1 else names))
+    for name, value in (("view", args.view), ("refine_mode", args.refine)):
+        if value is not None:
+            config = dataclasses.replace(config, **{name: value})
     tta = {name: value for name, value in (("input_size", args.input_size),
                                            ("canvas_size", args.canvas_size)) if value is not None}
     if tta:
@@ -195,8 +240,12 @@ def _config(args):
             config.refine, classifier=classifier))
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if _parse_labels(args.labels) == "auto":
+    if args.labels is not None and args.labels.strip().lower() in ("auto", "all"):
         load_vocabulary(args.vocab)  # a bad --vocab is a usage error before any work
+    if config.refine_mode == "crf":
+        import importlib.util
+        if importlib.util.find_spec("pydensecrf") is None:
+            raise UsageError("--refine crf needs pydensecrf: pip install 'jaxseg[crf]'")
     return config
 
 
@@ -274,7 +323,10 @@ def _run(args, console: _Console) -> int:
     for path, reason in failures:
         console.failure(path, reason)
     summary = runner.run_dataset(items, segmenter, args.out, args.batch_size,
-                                 model_name=args.model, overlay=args.overlay,
+                                 model_name=args.model,
+                                 extras=[name for name, wanted in (("overlay", args.overlay),
+                                                                   ("maps", args.heatmaps))
+                                         if wanted],
                                  overwrite=args.overwrite, make_progress=console.progress,
                                  report=console.failure, refine_workers=args.refine_workers)
     sharding.barrier("jaxseg-segment-done")

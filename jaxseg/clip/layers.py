@@ -54,7 +54,9 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, causal: bool = False, query_first_only: bool = False,
-                 perturbation: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+                 perturbation: Optional[jax.Array] = None, key_mask: Optional[jax.Array] = None,
+                 logit_bias: Optional[jax.Array] = None,
+                 key_queries: bool = False) -> tuple[jax.Array, jax.Array]:
         """Attends over the tokens of ``x``.
 
         Args:
@@ -66,6 +68,10 @@ class Attention(nn.Module):
           perturbation: optional ``[B, H, Q, N]`` added to the attention probabilities
             before they weight the values (Q = 1 with ``query_first_only``, else N).
             Pass zeros and differentiate with respect to it to get ``d out / d A``.
+          key_mask: optional bool ``[B, N]``: False tokens (padding) get no attention.
+          logit_bias: optional ``[Q, N]`` or ``[B, Q, N]`` added to every head's logits
+            before the softmax (NACLIP's neighbourhood bias).
+          key_queries: queries from the key projection (NACLIP's key-key attention).
 
         Returns:
           ``(out [B, Q, D], probs [B, H, Q, N] float32)``.
@@ -77,14 +83,21 @@ class Attention(nn.Module):
         def heads(y):
             return y.reshape(batch, -1, self.num_heads, head_dim)
 
-        queries = x[:, :1] if query_first_only else x
-        q = heads(dense("q_proj")(queries)) * head_dim ** -0.5
         k = heads(dense("k_proj")(x))
         v = heads(dense("v_proj")(x))
+        if key_queries:
+            q = (k[:, :1] if query_first_only else k) * head_dim ** -0.5
+        else:
+            q = heads(dense("q_proj")(x[:, :1] if query_first_only else x)) * head_dim ** -0.5
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        if logit_bias is not None:
+            bias = logit_bias.astype(jnp.float32)
+            logits = logits + (bias[:, None] if bias.ndim == 3 else bias)
         if causal:
             mask = jnp.tril(jnp.ones((tokens, tokens), bool))
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        if key_mask is not None:
+            logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1)
         weights = probs if perturbation is None else probs + perturbation
         context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
@@ -114,11 +127,13 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, causal: bool = False, query_first_only: bool = False,
-                 perturbation: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+                 perturbation: Optional[jax.Array] = None,
+                 key_mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
         """Returns ``(tokens [B, Q, D], attention probs [B, H, Q, N])``; see ``Attention``."""
         normed = LayerNorm(self.layer_norm_eps, self.dtype, name="layer_norm1")(x)
         attended, probs = Attention(self.num_heads, self.dtype, name="self_attn")(
-            normed, causal=causal, query_first_only=query_first_only, perturbation=perturbation)
+            normed, causal=causal, query_first_only=query_first_only, perturbation=perturbation,
+            key_mask=key_mask)
         x = (x[:, :1] if query_first_only else x) + attended
         normed = LayerNorm(self.layer_norm_eps, self.dtype, name="layer_norm2")(x)
         x = x + MLP(self.intermediate_size, self.hidden_act, self.dtype, name="mlp")(normed)

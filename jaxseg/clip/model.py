@@ -57,19 +57,26 @@ class CLIPModel(nn.Module):
         text = unit_norm(text_embeds.astype(jnp.float32))
         return jnp.exp(self.logit_scale) * image @ text.T
 
-    def vision_embed(self, pixel_values: jax.Array) -> jax.Array:
-        """Image tower up to the first block: ``[B, N, D]`` tokens."""
-        return self.vision_model.embed(pixel_values)
+    def vision_embed(self, pixel_values: jax.Array, grid_hw: Optional[jax.Array] = None,
+                     positions: str = "bicubic") -> jax.Array:
+        """Image tower up to the first block: ``[B, N, D]`` tokens; see
+        ``VisionEmbeddings`` for padded grids (``grid_hw``) and ``positions``."""
+        return self.vision_model.embed(pixel_values, grid_hw, positions)
 
     def vision_blocks(self, tokens: jax.Array, start: int, stop: int, cls_only_last: bool = False,
-                      perturbations: Optional[Sequence[jax.Array]] = None):
+                      perturbations: Optional[Sequence[jax.Array]] = None,
+                      key_mask: Optional[jax.Array] = None):
         """Blocks ``start .. stop - 1`` of the image tower; see ``VisionTransformer.blocks``."""
         return self.vision_model.blocks(tokens, start, stop, cls_only_last=cls_only_last,
-                                        perturbations=perturbations)
+                                        perturbations=perturbations, key_mask=key_mask)
 
     def image_head(self, tokens: jax.Array) -> jax.Array:
         """Final tokens ``[B, N or 1, D]`` -> projected image embedding ``[B, P]``."""
         return self.visual_projection(self.vision_model.pool(tokens))
+
+    def project_image(self, features: jax.Array) -> jax.Array:
+        """Post-LayerNorm image features ``[..., D]`` -> projected ``[..., P]``."""
+        return self.visual_projection(features)
 
     def patch_embeds(self, tokens: jax.Array) -> jax.Array:
         """Final tokens ``[B, N, D]`` -> projected patch tokens ``[B, N - 1, P]`` (dense features)."""

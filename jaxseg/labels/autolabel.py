@@ -1,4 +1,6 @@
-"""Automatic image-level labels: multi-label CLIP zero-shot over a vocabulary.
+"""Automatic labels from a vocabulary: CLIP zero-shot per image, or dense-map pixel shares.
+
+Image-level rule (``rule="image"``, every method but NACLIP by default):
 
 Each vocabulary entry is embedded with every prompt template and every synonym
 (unit embeddings averaged). Every TTA variant of the image (full image, its
@@ -12,18 +14,26 @@ is clearly present takes most of one variant's mass, and a second object in the
 same image still wins some crop; 0.15 is well above the uniform 1/20 = 0.05 of
 an image showing none of the classes, and VOC/COCO images rarely hold more than
 four labelled classes, hence ``top_k`` 4.
+
+Dense rule (``rule="dense"``, NACLIP's default): the image is segmented with every
+vocabulary class as a label (``Segmenter`` runs it: the method's maps, background and
+scoring, no refinement), and a class is kept when it wins at least ``min_share`` of the
+pixels (2 %: small objects such as a bottle on a table still count, while the scattered
+pixels a wrong class wins on a random-looking map stay below it), at most ``top_k``,
+largest share first. The recorded label score is the pixel share.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.clip.model import encode_image
+from jaxseg.labels.presets import DEFAULT_TEMPLATES
 from jaxseg.labels.prompts import class_embeddings
 from jaxseg.labels.vocab import VocabEntry, load_vocabulary
 from jaxseg.maps import tta as tta_lib
@@ -37,19 +47,26 @@ class AutoLabelConfig:
 
     Attributes:
       vocabulary: ``"voc"``, ``"coco"`` or a vocabulary file path (used by ``segment``).
-      threshold: minimum label probability (softmax over the vocabulary, maximum over
-        TTA variants) for a label to be kept.
+      rule: ``"image"`` or ``"dense"``; None: dense for NACLIP, image otherwise.
+      threshold: image rule: minimum label probability (softmax over the vocabulary,
+        maximum over TTA variants) for a label to be kept.
+      min_share: dense rule: minimum share of the image's pixels a label must win.
       top_k: at most this many labels per image.
     """
 
     vocabulary: str = "voc"
+    rule: Optional[str] = None
     threshold: float = 0.15
+    min_share: float = 0.02
     top_k: int = 4
 
     def __post_init__(self):
-        if not 0.0 <= self.threshold <= 1.0 or self.top_k < 0:
-            raise ValueError(f"AutoLabelConfig needs threshold in [0, 1] and top_k >= 0, got "
-                             f"{self.threshold} and {self.top_k}")
+        if (not 0.0 <= self.threshold <= 1.0 or not 0.0 <= self.min_share <= 1.0
+                or self.top_k < 0):
+            raise ValueError(f"AutoLabelConfig needs threshold and min_share in [0, 1] and "
+                             f"top_k >= 0, got {self.threshold}, {self.min_share}, {self.top_k}")
+        if self.rule not in (None, "image", "dense"):
+            raise ValueError(f"AutoLabelConfig.rule must be 'image' or 'dense', got {self.rule!r}")
 
 
 def vocabulary_embeddings(clip, entries: Sequence[VocabEntry],
@@ -73,8 +90,8 @@ def variant_probabilities(params, canvas, content_hw, vocab_embeds, *, config, d
 
 def auto_labels(clip, image: np.ndarray,
                 vocabulary: Union[str, Sequence[VocabEntry]] = "voc",
-                config: AutoLabelConfig = AutoLabelConfig(),
-                tta: TTAConfig = TTAConfig()) -> list[tuple[str, float]]:
+                config: AutoLabelConfig = AutoLabelConfig(), tta: TTAConfig = TTAConfig(),
+                templates: Sequence[str] = DEFAULT_TEMPLATES) -> list[tuple[str, float]]:
     """Picks the labels present in an image from a vocabulary.
 
     Embeds the vocabulary on every call; a ``jaxseg.Segmenter`` keeps it between images.
@@ -83,8 +100,9 @@ def auto_labels(clip, image: np.ndarray,
       clip: a ``jaxseg.CLIP``.
       image: uint8 ``[H, W, 3]`` RGB image.
       vocabulary: ``"voc"``, ``"coco"``, a vocabulary file path, or entries.
-      config: threshold and top-k.
-      tta: the variants scored (and the prompt templates).
+      config: threshold and top-k (the image rule).
+      tta: the variants scored.
+      templates: the prompt templates.
 
     Returns:
       ``[(name, probability), ...]`` best first; empty when nothing passes (the
@@ -93,7 +111,7 @@ def auto_labels(clip, image: np.ndarray,
     entries = tuple(load_vocabulary(vocabulary) if isinstance(vocabulary, str) else vocabulary)
     if not entries or config.top_k == 0:
         return []
-    vocab_embeds = vocabulary_embeddings(clip, entries, tta.templates)
+    vocab_embeds = vocabulary_embeddings(clip, entries, templates)
     canvas, content_hw = tta_lib.prepare_canvas(image, tta)
     probabilities = clip.compiled(variant_probabilities, tta=tta)(
         clip.params, canvas, jnp.asarray(content_hw, jnp.int32), vocab_embeds)
@@ -107,3 +125,11 @@ def select_labels(names: Sequence[str], scores: np.ndarray,
     order = sorted(range(len(names)), key=lambda i: (-float(scores[i]), i))
     return [(names[i], float(scores[i])) for i in order
             if scores[i] >= config.threshold][:config.top_k]
+
+
+def select_by_share(names: Sequence[str], label_map: np.ndarray,
+                    config: AutoLabelConfig) -> list[tuple[str, float]]:
+    """The dense rule: names (label ``k`` of ``label_map`` is ``names[k - 1]``) winning at
+    least ``min_share`` of the pixels, largest share first, at most ``top_k``."""
+    shares = np.bincount(label_map.ravel(), minlength=len(names) + 1)[1:] / label_map.size
+    return select_labels(names, shares, dataclasses.replace(config, threshold=config.min_share))

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from jaxseg.clip.config import CLIPConfig
 from jaxseg.clip.model import CLIPModel, unit_norm
+from jaxseg.clip.vision import grid_key_mask
 
 Params = Any
 
@@ -66,7 +67,7 @@ def class_scores(logit_scale: jax.Array, image_embeds: jax.Array, text_embeds: j
 def relevance_maps(params: Params, pixel_values: jax.Array, text_embeds: jax.Array, *,
                    config: CLIPConfig, dtype=jnp.float32, start_layer: int = -1,
                    softmax: bool = False, class_mask: Optional[jax.Array] = None,
-                   with_features: bool = False):
+                   with_features: bool = False, grid_hw: Optional[jax.Array] = None):
     """Pure relevance function (jit it with the keyword arguments static).
 
     Args:
@@ -78,6 +79,8 @@ def relevance_maps(params: Params, pixel_values: jax.Array, text_embeds: jax.Arr
       softmax: differentiate softmax-over-classes scores instead of raw logits.
       class_mask: optional ``[K]``/``[B, K]`` validity of classes (for padded K).
       with_features: also return dense patch features (see Returns).
+      grid_hw: optional int ``[B, 2]``: each image fills only the top-left ``grid_hw[b]``
+        patches, the rest is padding no token attends to.
 
     Returns:
       ``maps [B, K, gh, gw]`` float32, unnormalised; with ``with_features``,
@@ -89,15 +92,19 @@ def relevance_maps(params: Params, pixel_values: jax.Array, text_embeds: jax.Arr
     num_layers = config.vision.num_hidden_layers
     start = resolve_start_layer(start_layer, num_layers)
 
-    tokens = apply(pixel_values, method=CLIPModel.vision_embed)
-    tokens, _ = apply(tokens, 0, start, method=CLIPModel.vision_blocks)
+    key_mask = None
+    if grid_hw is not None:
+        key_mask = grid_key_mask(pixel_values.shape[1] // config.vision.patch_size,
+                                 pixel_values.shape[2] // config.vision.patch_size, grid_hw)
+    tokens = apply(pixel_values, grid_hw, method=CLIPModel.vision_embed)
+    tokens, _ = apply(tokens, 0, start, key_mask=key_mask, method=CLIPModel.vision_blocks)
     batch, num_tokens, _ = tokens.shape
     heads = config.vision.num_attention_heads
     zeros = [jnp.zeros((batch, heads, num_tokens if index < num_layers - 1 else 1, num_tokens))
              for index in range(start, num_layers)]
 
     def image_embeds(perturbations):
-        out, probs = apply(tokens, start, num_layers, True, perturbations,
+        out, probs = apply(tokens, start, num_layers, True, perturbations, key_mask,
                            method=CLIPModel.vision_blocks)
         return apply(out, method=CLIPModel.image_head), probs
 

@@ -18,11 +18,13 @@ from jaxseg.maps import batch as batch_lib
 from jaxseg.maps.chefer import resolve_start_layer
 from jaxseg.maps.config import RelevanceConfig
 from jaxseg.maps.methods import method_maps
+from jaxseg.maps.scoring import ScoreConfig
 from jaxseg.maps.tta import TTAConfig
 
 
-def _maps_only(params, pixel_values, text_embeds, **settings):
-    return method_maps(params, pixel_values, text_embeds, **settings)[0]
+def _maps_only(params, pixel_values, text_embeds, background_embeds, **settings):
+    return method_maps(params, pixel_values, text_embeds, background_embeds=background_embeds,
+                       **settings)[0]
 
 
 def resolve_config(config: Optional[RelevanceConfig], start_layer: Optional[int],
@@ -45,8 +47,8 @@ def _check(clip, text_embeds: np.ndarray, relevance: RelevanceConfig, caller: st
 
 
 def relevance(clip, pixel_values, text_embeds, start_layer: Optional[int] = None,
-              softmax: Optional[bool] = None, *,
-              config: Optional[RelevanceConfig] = None) -> jax.Array:
+              softmax: Optional[bool] = None, *, config: Optional[RelevanceConfig] = None,
+              background_embeds=None) -> jax.Array:
     """Relevance maps of each class for each image (jit-compiled, cached per shape).
 
     Args:
@@ -55,24 +57,39 @@ def relevance(clip, pixel_values, text_embeds, start_layer: Optional[int] = None
       text_embeds: ``[K, P]`` class embeddings from ``clip.encode_text`` (any norm).
       start_layer, softmax: Chefer's settings, as a shorthand for
         ``config=RelevanceConfig(start_layer=..., softmax=...)``.
-      config: the method and its settings (default Chefer, last block, raw logits).
+      config: the method(s) and settings (default Chefer, last block, raw logits).
+      background_embeds: ``[M, P]`` background-name embeddings (any norm); clip-es only,
+        where they share the softmax with the present classes.
 
     Returns:
-      ``[B, K, gh, gw]`` float32 maps, unnormalised. Differentiable: ``jax.grad``
-      through ``jaxseg.maps.methods.method_maps`` works w.r.t. pixel values and params.
+      ``[B, K, gh, gw]`` float32 maps: Chefer's relevance (unnormalised), CLIP-ES's map in
+      [0, 1) (``caa=False``: its Grad-CAM), NACLIP's cosine similarities, or an ensemble's
+      mean of per-map normalised maps. Differentiable: ``jax.grad`` through
+      ``jaxseg.maps.methods.method_maps`` works w.r.t. pixel values and params.
     """
     relevance_config = resolve_config(config, start_layer, softmax)
     pixel_values = jnp.asarray(pixel_values, jnp.float32)
     text_embeds = jnp.asarray(text_embeds)
     check_pixel_values(pixel_values.shape, clip.config.vision.patch_size, "relevance")
     _check(clip, text_embeds, relevance_config, "relevance")
+    if relevance_config.needs_background:
+        if background_embeds is None:
+            raise ValueError("clip-es needs background_embeds [M, P]: the embeddings of its "
+                             "background names (jaxseg.labels.presets.CLIP_ES_VOC_BACKGROUND)")
+        background_embeds = jnp.asarray(background_embeds, jnp.float32)
+        if background_embeds.ndim != 2 or background_embeds.shape[1] != text_embeds.shape[1]:
+            raise ValueError(f"relevance expects background_embeds [M, {text_embeds.shape[1]}], "
+                             f"got {tuple(background_embeds.shape)}")
+    elif background_embeds is not None:
+        raise ValueError(f"background_embeds mean nothing for method {relevance_config.method!r}")
     return clip.compiled(_maps_only, relevance=relevance_config)(
-        clip.params, pixel_values, text_embeds)
+        clip.params, pixel_values, text_embeds, background_embeds)
 
 
 def relevance_tta(clip, image: np.ndarray, text_embeds, tta: TTAConfig = TTAConfig(),
                   start_layer: Optional[int] = None, softmax: Optional[bool] = None, *,
-                  config: Optional[RelevanceConfig] = None) -> np.ndarray:
+                  config: Optional[RelevanceConfig] = None,
+                  background_embeds=None) -> np.ndarray:
     """Per-class TTA relevance of one image in image coordinates.
 
     Args:
@@ -80,17 +97,27 @@ def relevance_tta(clip, image: np.ndarray, text_embeds, tta: TTAConfig = TTAConf
       image: uint8 ``[H, W, 3]`` RGB image.
       text_embeds: ``[K, P]`` class embeddings (e.g. ``class_embeddings``).
       tta: variant set, canvas and input size.
-      start_layer, softmax, config: the method, as in :func:`relevance`.
+      start_layer, softmax, config, background_embeds: the method, as in :func:`relevance`.
 
     Returns:
-      float32 ``[K, H, W]`` scores, each class normalised to ``[0, 1]``.
+      float32 ``[K, H, W]`` scores, each class's TTA-averaged map normalised to ``[0, 1]``.
     """
     relevance_config = resolve_config(config, start_layer, softmax)
     text_embeds = np.asarray(text_embeds, np.float32)
     _check(clip, text_embeds, relevance_config, "relevance_tta")
     if len(text_embeds) == 0:
         return np.zeros((0,) + np.asarray(image).shape[:2], np.float32)
-    inputs, content = batch_lib.pack_batch([image], [text_embeds], tta)
-    program = clip.compiled(batch_lib.tta_program, tta=tta, relevance=relevance_config)
-    outputs = jax.device_get(program(clip.params, *inputs))
-    return batch_lib.unpack_batch(outputs, content, [image], [len(text_embeds)])[0][0]
+    background = np.zeros((0, text_embeds.shape[1]), np.float32)
+    if relevance_config.needs_background:
+        if background_embeds is None:
+            raise ValueError("clip-es needs background_embeds [M, P]")
+        background = np.asarray(background_embeds, np.float32)
+    (canvases, content_hw), content = batch_lib.pack_tta([image], tta, 1)
+    owner = np.arange(1, len(text_embeds) + 1, dtype=np.int32)
+    queries, owners = batch_lib.pack_queries([text_embeds], [owner], 1,
+                                             batch_lib.class_bucket(len(text_embeds)))
+    program = clip.compiled(batch_lib.tta_program, tta=tta, relevance=relevance_config,
+                            scoring=ScoreConfig(), num_labels=queries.shape[1])
+    outputs = jax.device_get(program(clip.params, canvases, content_hw, queries, owners,
+                                     background))
+    return batch_lib.unpack_tta(outputs, content, [image], [len(text_embeds)])[0][0]

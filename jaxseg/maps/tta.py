@@ -68,8 +68,6 @@ class TTAConfig:
       feather: fraction of a crop's side over which its weight ramps from 0 to 1
         inward from each crop edge that lies inside the image, so crop borders
         leave no seams in the averaged map. 0 gives a plain coverage mean.
-      templates: prompt templates with one ``{}`` for the class name; the text
-        embeddings of all templates are averaged per class.
     """
 
     input_size: int = 224
@@ -79,13 +77,6 @@ class TTAConfig:
     flip: bool = True
     canvas_size: int = 512
     feather: float = 0.2
-    templates: tuple[str, ...] = (
-        "a photo of a {}.",
-        "a clean origami {}.",
-        "a photo of the small {}.",
-        "a photo of the large {}.",
-        "a cropped photo of a {}.",
-    )
 
     def __post_init__(self):
         if self.input_size < 1 or self.canvas_size < 1:
@@ -105,10 +96,6 @@ class TTAConfig:
                              "flip=False")
         if not 0.0 <= self.feather <= 0.5:
             raise ValueError(f"TTAConfig.feather must be in [0, 0.5], got {self.feather}")
-        if not self.templates or not all(t.count("{}") == 1 for t in self.templates):
-            raise ValueError(
-                f"TTAConfig.templates must be non-empty, each with exactly one '{{}}', "
-                f"got {self.templates}")
 
 
 def _grid_counts(scale: float, config: TTAConfig) -> tuple[int, int]:
@@ -305,14 +292,14 @@ def coverage_weights(boxes: jax.Array, content_hw,
 
 
 def warp_back(maps: jax.Array, boxes: jax.Array, flips: jax.Array, content_hw,
-              config: TTAConfig) -> jax.Array:
+              config: TTAConfig, normalise: bool = True) -> jax.Array:
     """Combines per-variant maps on the canvas (JAX, jit-able).
 
     Each map is unflipped, resampled bilinearly into its box, and averaged with
     the other variants that saw the pixel (weights from ``coverage_weights``).
-    Pixels outside the content are 0; each class is min-max normalised to
-    ``[0, 1]`` over the content (a constant class map, up to float32 rounding,
-    becomes 0).
+    Pixels outside the content are 0; with ``normalise``, each class is min-max
+    normalised to ``[0, 1]`` over the content (a constant class map, up to float32
+    rounding, becomes 0).
 
     Args:
       maps: float ``[V, K, gh, gw]`` relevance of each variant on its patch grid.
@@ -320,9 +307,10 @@ def warp_back(maps: jax.Array, boxes: jax.Array, flips: jax.Array, content_hw,
       flips: bool ``[V]``: the variant was mirrored before relevance.
       content_hw: ``(h, w)`` content size on the canvas.
       config: TTA settings (``canvas_size``, ``feather``).
+      normalise: min-max normalise each class (else the weighted mean itself).
 
     Returns:
-      float32 ``[K, C, C]`` scores in ``[0, 1]``.
+      float32 ``[K, C, C]`` scores (in ``[0, 1]`` with ``normalise``).
     """
     if maps.ndim != 4 or maps.shape[0] != boxes.shape[0]:
         raise ValueError(f"warp_back expects maps [V, K, gh, gw] with V={boxes.shape[0]} "
@@ -340,6 +328,8 @@ def warp_back(maps: jax.Array, boxes: jax.Array, flips: jax.Array, content_hw,
     centres = jnp.arange(side)
     content = (centres[:, None] < hw[0]) & (centres[None, :] < hw[1]) & (weight_sum > 0)
     mean = jnp.where(content, total / jnp.where(content, weight_sum, 1.0), 0.0)
+    if not normalise:
+        return mean
     low = jnp.min(jnp.where(content, mean, jnp.inf), axis=(1, 2), keepdims=True)
     high = jnp.max(jnp.where(content, mean, -jnp.inf), axis=(1, 2), keepdims=True)
     spread = high - low

@@ -240,7 +240,8 @@ def write_json(path: str | os.PathLike, data: Mapping) -> None:
         handle.write(text.encode("utf-8"))
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def label_font(size: int) -> ImageFont.ImageFont:
+    """PIL's default font at ``size`` (a fixed bitmap font when Pillow lacks FreeType)."""
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, ImportError, OSError):  # Pillow without FreeType: fixed bitmap font.
@@ -272,7 +273,7 @@ def overlay_image(image: np.ndarray, mask: np.ndarray, labels: Sequence[str],
                        (1 - _OVERLAY_ALPHA) * image + _OVERLAY_ALPHA * colours, image)
     height, width = blended.shape[:2]
     font_size = int(np.clip(width / 40, 12, 64))
-    font = _font(font_size)
+    font = label_font(font_size)
     entries = [(palette[i + 1], name + (f" ({100 * fractions.get(name, 0.0):.1f}%)"
                                               if fractions is not None else ""))
                for i, name in enumerate(labels)] or [(None, "no labels: all background")]

@@ -13,8 +13,8 @@ Structure (so that sharding and a refinement process pool can be added on top):
    refines the images in a :class:`jaxseg.run.sharding.RefinePool` (worker processes,
    a bounded window) while the device runs ahead, and writes the outputs in order.
 
-Outputs of an image: ``<stem>.png`` (palette mask), ``<stem>_overlay.png`` if
-asked, and ``<stem>.json`` last; each is written atomically, so an output is
+Outputs of an image: ``<stem>.png`` (palette mask), ``<stem>_overlay.png`` and
+``<stem>_maps.png`` if asked (``EXTRAS``), and ``<stem>.json`` last; each is written atomically, so an output is
 complete exactly when its JSON (and the files before it) exist, and a killed run
 loses only the images in flight.
 """
@@ -35,6 +35,7 @@ import numpy as np
 from jaxseg.maps.batch import class_bucket
 from jaxseg.run import imageio
 from jaxseg.run.datasets import Item
+from jaxseg.run.heatmaps import write_heatmaps
 from jaxseg.run.sharding import RefinePool, device_batch_size
 from jaxseg.segmenter import Segmenter, refine_mask
 
@@ -63,21 +64,27 @@ class RunSummary:
     wall_seconds: float = 0.0
 
 
-def output_paths(out_dir: str, stem: str, overlay: bool = False) -> list[str]:
+# Optional pictures beside a mask: <stem>_overlay.png (image blended with the mask) and
+# <stem>_maps.png (each label's score map as a heat overlay).
+EXTRAS = ("overlay", "maps")
+
+
+def output_paths(out_dir: str, stem: str, extras: Sequence[str] = ()) -> list[str]:
     """The files of one output, in writing order (the JSON sidecar last)."""
-    names = [f"{stem}.png"] + ([f"{stem}_overlay.png"] if overlay else []) + [f"{stem}.json"]
+    names = ([f"{stem}.png"] + [f"{stem}_{extra}.png" for extra in EXTRAS if extra in extras]
+             + [f"{stem}.json"])
     return [os.path.join(out_dir, name) for name in names]
 
 
-def is_complete(out_dir: str, stem: str, overlay: bool = False) -> bool:
+def is_complete(out_dir: str, stem: str, extras: Sequence[str] = ()) -> bool:
     """True when every file of the output exists (they are only ever renamed into place whole)."""
-    return all(os.path.isfile(path) for path in output_paths(out_dir, stem, overlay))
+    return all(os.path.isfile(path) for path in output_paths(out_dir, stem, extras))
 
 
 def select_work(items: Sequence[Item], out_dir: str, overwrite: bool = False,
-                overlay: bool = False) -> tuple[list[Item], int]:
+                extras: Sequence[str] = ()) -> tuple[list[Item], int]:
     """Items still to run, in input order, and how many were skipped as complete."""
-    todo = [item for item in items if overwrite or not is_complete(out_dir, item.stem, overlay)]
+    todo = [item for item in items if overwrite or not is_complete(out_dir, item.stem, extras)]
     return todo, len(items) - len(todo)
 
 
@@ -114,6 +121,7 @@ class _Loaded:
     labels: list[str]
     label_scores: Optional[list[float]]
     timings: dict[str, float]
+    dense_auto: bool = False  # labels picked by pixel share (label_scores are shares)
 
 
 def _load(item: Item, segmenter: Segmenter) -> _Loaded:
@@ -122,9 +130,10 @@ def _load(item: Item, segmenter: Segmenter) -> _Loaded:
     timings = {"read": time.perf_counter() - start}
     if isinstance(item.labels, str):
         start = time.perf_counter()
-        names, scores = segmenter.auto_labels(image)
+        [(names, scores)] = segmenter.auto_labels([image])
         timings["auto_labels"] = time.perf_counter() - start
-        return _Loaded(item, image, names, scores, timings)
+        return _Loaded(item, image, names, scores, timings,
+                       dense_auto=segmenter.config.auto.rule == "dense")
     return _Loaded(item, image, list(item.labels), None, timings)
 
 
@@ -181,29 +190,33 @@ def _produce(work: Sequence[Item], segmenter: Segmenter, batch_size: int,
         put(_DONE)
 
 
-def _write(loaded: _Loaded, mask: np.ndarray, out_dir: str, model_name: str,
-           overlay: bool) -> dict[str, float]:
-    """Writes mask, overlay and sidecar (last) of one image; returns its stage timings."""
+def _write(loaded: _Loaded, mask: np.ndarray, scores: Optional[np.ndarray], out_dir: str,
+           model_name: str, extras: Sequence[str]) -> dict[str, float]:
+    """Writes mask, pictures and sidecar (last) of one image; returns its stage timings."""
     timings = loaded.timings
     start = time.perf_counter()
-    paths = output_paths(out_dir, loaded.item.stem, overlay)
+    paths = iter(output_paths(out_dir, loaded.item.stem, extras))
     fractions = imageio.label_fractions(mask, loaded.labels)
-    imageio.write_mask(paths[0], mask)
-    if overlay:
-        imageio.write_overlay(paths[1], loaded.image, mask, loaded.labels, fractions)
+    imageio.write_mask(next(paths), mask)
+    if "overlay" in extras:
+        imageio.write_overlay(next(paths), loaded.image, mask, loaded.labels, fractions)
+    if "maps" in extras:
+        write_heatmaps(next(paths), loaded.image, scores, loaded.labels)
     timings["write"] = time.perf_counter() - start
     sidecar = {"labels": loaded.labels, "fractions": fractions, "image": loaded.item.path,
                "image_size": list(mask.shape), "model": model_name,
                "timings": {name: round(seconds, 4) for name, seconds in timings.items()}}
     if loaded.label_scores is not None:
-        sidecar["label_scores"] = {name: round(score, 6)
-                                   for name, score in zip(loaded.labels, loaded.label_scores)}
-    imageio.write_json(paths[-1], sidecar)
+        # Image-level automatic labels record CLIP's probability, dense ones the pixel share.
+        key = "label_shares" if loaded.dense_auto else "label_scores"
+        sidecar[key] = {name: round(score, 6)
+                        for name, score in zip(loaded.labels, loaded.label_scores)}
+    imageio.write_json(next(paths), sidecar)
     return timings
 
 
 def run_dataset(items: Sequence[Item], segmenter: Segmenter, out_dir: str,
-                batch_size: int = 8, *, model_name: str = "", overlay: bool = False,
+                batch_size: int = 8, *, model_name: str = "", extras: Sequence[str] = (),
                 overwrite: bool = False, make_progress: Optional[Callable[[int], object]] = None,
                 report: Optional[Callable[[str, str, Optional[str]], None]] = None,
                 refine_workers: Optional[int] = 0) -> RunSummary:
@@ -217,7 +230,7 @@ def run_dataset(items: Sequence[Item], segmenter: Segmenter, out_dir: str,
       batch_size: images per device call, at most (never more than the images to run;
         the last batch of a label group is padded).
       model_name: written to each sidecar's ``"model"``.
-      overlay: also write ``<stem>_overlay.png``.
+      extras: pictures to write beside each mask, from ``EXTRAS``.
       overwrite: redo complete outputs too.
       make_progress: optional ``make_progress(total)`` -> an object with ``update(n)`` and
         ``close()`` (e.g. a tqdm bar), advanced once per image.
@@ -234,8 +247,9 @@ def run_dataset(items: Sequence[Item], segmenter: Segmenter, out_dir: str,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     os.makedirs(out_dir, exist_ok=True)
     imageio.remove_stale_temporaries(out_dir, {
-        os.path.basename(path) for item in items for path in output_paths(out_dir, item.stem, True)})
-    work, skipped = select_work(items, out_dir, overwrite, overlay)
+        os.path.basename(path) for item in items
+        for path in output_paths(out_dir, item.stem, EXTRAS)})
+    work, skipped = select_work(items, out_dir, overwrite, extras)
     summary = RunSummary(skipped=skipped)
     batch_size = device_batch_size(min(batch_size, max(1, len(work))), segmenter.mesh)
     progress = make_progress(len(work)) if make_progress is not None else None
@@ -261,15 +275,17 @@ def run_dataset(items: Sequence[Item], segmenter: Segmenter, out_dir: str,
                     progress.update(1)
             else:
                 loaded, output = entry
-                yield loaded, (loaded.image, output, segmenter.config.refine)
+                # Score maps are kept for the heat-map picture only.
+                yield (loaded, output.scores if "maps" in extras else None), (
+                    loaded.image, output, segmenter.config)
 
     producer.start()
     try:
         with RefinePool(0 if len(work) <= 1 else refine_workers) as pool:
-            for loaded, future in pool.imap(refine_mask, refine_jobs()):
+            for (loaded, scores), future in pool.imap(refine_mask, refine_jobs()):
                 try:
                     mask, loaded.timings["refine"] = future.result()
-                    timings = _write(loaded, mask, out_dir, model_name, overlay)
+                    timings = _write(loaded, mask, scores, out_dir, model_name, extras)
                 except Exception as error:  # noqa: BLE001 - reported per image; the run goes on.
                     fail(loaded.item, error, traceback.format_exc())
                 else:
