@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import shutil
 import time
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -13,7 +15,7 @@ import safetensors.numpy
 import jaxseg
 from checkpoints import make_checkpoint, torch_features
 from jaxseg.clip.handle import CheckpointError
-from jaxseg.clip.checkpoint import param_path
+from jaxseg.clip.checkpoint import checkpoint_key, param_path
 
 
 def copy_checkpoint(source, target):
@@ -21,11 +23,20 @@ def copy_checkpoint(source, target):
     return str(target)
 
 
-def rewrite_tensors(folder, change):
-    path = os.path.join(folder, "model.safetensors")
+def rewrite_tensors(folder, change, file="model.safetensors"):
+    path = os.path.join(folder, file)
     tensors = safetensors.numpy.load_file(path)
     change(tensors)
     safetensors.numpy.save_file(tensors, path)
+
+
+def load_error(folder) -> str:
+    """The one-line message ``load_clip`` fails with on ``folder``."""
+    with pytest.raises(CheckpointError) as error:
+        jaxseg.load_clip(folder)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
 
 
 def test_key_mapping():
@@ -37,6 +48,8 @@ def test_key_mapping():
     assert param_path("text_model.embeddings.token_embedding.weight") == (
         ("text_model", "embeddings", "token_embedding", "embedding"), "same")
     assert param_path("logit_scale") == (("logit_scale",), "same")
+    assert checkpoint_key(("vision_model", "layers_11", "layer_norm1", "norm", "bias")) == (
+        "vision_model.encoder.layers.11.layer_norm1.bias")
 
 
 def test_hub_buffers_are_ignored_and_everything_else_loads(tiny_checkpoint, tiny_clip):
@@ -48,27 +61,56 @@ def test_hub_buffers_are_ignored_and_everything_else_loads(tiny_checkpoint, tiny
     assert all(leaf.dtype == np.float32 for leaf in leaves)
 
 
-def test_missing_tensor_is_named(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("key, jaxseg_name", [
+    ("vision_model.encoder.layers.1.self_attn.k_proj.bias", "vision_model/layers_1/self_attn/k_proj/bias"),
+    ("text_model.encoder.layers.0.mlp.fc2.weight", "text_model/layers_0/mlp/fc2/kernel"),
+    ("text_model.final_layer_norm.weight", "text_model/final_layer_norm/norm/scale"),
+    ("vision_model.embeddings.patch_embedding.weight", "vision_model/embeddings/patch_embedding/kernel"),
+    ("text_model.embeddings.token_embedding.weight", "text_model/embeddings/token_embedding/embedding"),
+    ("logit_scale", "logit_scale"),
+])
+def test_missing_tensor_is_named_by_its_checkpoint_key(tiny_checkpoint, tmp_path, key, jaxseg_name):
     folder = copy_checkpoint(tiny_checkpoint[0], tmp_path / "ckpt")
-    rewrite_tensors(folder, lambda t: t.pop("text_model.encoder.layers.1.mlp.fc2.bias"))
-    with pytest.raises(CheckpointError, match="text_model.layers_1.mlp.fc2.bias"):
-        jaxseg.load_clip(folder)
+    rewrite_tensors(folder, lambda t: t.pop(key))
+    assert f"lacks 1 tensor(s) the config needs, first: {key} (jaxseg: {jaxseg_name})" in load_error(folder)
 
 
-def test_wrong_shape_is_named(tiny_checkpoint, tmp_path):
+def test_wrong_shape_is_named_by_its_checkpoint_key(tiny_checkpoint, tmp_path):
     folder = copy_checkpoint(tiny_checkpoint[0], tmp_path / "ckpt")
     key = "vision_model.encoder.layers.0.mlp.fc1.weight"
     rewrite_tensors(folder, lambda t: t.__setitem__(key, t[key][:10]))
-    with pytest.raises(CheckpointError, match=f"{key} has shape"):
-        jaxseg.load_clip(folder)
+    assert re.search(rf"model.safetensors: tensor {re.escape(key)} \(jaxseg: "
+                     r"vision_model/layers_0/mlp/fc1/kernel\) has shape \(48, 10\)", load_error(folder))
 
 
-def test_unknown_tensor_is_named(tiny_checkpoint, tmp_path):
+def test_unknown_tensor_is_named_by_its_checkpoint_key(tiny_checkpoint, tmp_path):
     folder = copy_checkpoint(tiny_checkpoint[0], tmp_path / "ckpt")
-    rewrite_tensors(folder, lambda t: t.__setitem__("vision_model.extra.weight",
-                                                    np.zeros(3, np.float32)))
-    with pytest.raises(CheckpointError, match="vision_model.extra.weight matches no parameter"):
-        jaxseg.load_clip(folder)
+    key = "vision_model.encoder.layers.7.extra.weight"
+    rewrite_tensors(folder, lambda t: t.__setitem__(key, np.zeros(3, np.float32)))
+    assert f"tensor {key} (jaxseg: vision_model/layers_7/extra/kernel) matches no parameter" in load_error(folder)
+
+
+def test_duplicate_and_non_float_tensors_are_named(tmp_path):
+    folder = tmp_path / "sharded"
+    make_checkpoint(str(folder), hub_buffers=False, max_shard_size="20KB")
+    with open(folder / "model.safetensors.index.json") as f:
+        weight_map = json.load(f)["weight_map"]
+    key = "text_model.encoder.layers.0.mlp.fc1.bias"
+    other_file = next(file for file in sorted(set(weight_map.values())) if file != weight_map[key])
+    duplicated = copy_checkpoint(folder, tmp_path / "duplicated")
+    value = safetensors.numpy.load_file(os.path.join(folder, weight_map[key]))[key]
+    rewrite_tensors(duplicated, lambda t: t.__setitem__(key, value), file=other_file)
+    assert f"tensor {key} appears twice (also as {key})" in load_error(duplicated)
+    integer = copy_checkpoint(folder, tmp_path / "integer")
+    rewrite_tensors(integer, lambda t: t.__setitem__(key, t[key].astype(np.int32)), file=weight_map[key])
+    assert f"tensor {key} has dtype I32" in load_error(integer)
+
+
+def test_unreadable_file_is_named(tiny_checkpoint, tmp_path):
+    folder = copy_checkpoint(tiny_checkpoint[0], tmp_path / "ckpt")
+    with open(os.path.join(folder, "model.safetensors"), "r+b") as f:
+        f.truncate(1000)
+    assert "model.safetensors: not a readable safetensors file" in load_error(folder)
 
 
 def test_wrong_vocab_size_is_refused(tiny_checkpoint, tmp_path):
@@ -91,7 +133,7 @@ def test_missing_files_are_clear(tiny_checkpoint, tmp_path):
         jaxseg.load_clip(str(tmp_path / "does-not-exist"))
 
 
-def test_fp16_and_sharded_checkpoints_load(tmp_path):
+def test_fp16_bf16_and_sharded_checkpoints_load(tmp_path):
     model = make_checkpoint(str(tmp_path / "reference"), hub_buffers=False, seed=4)
     pixels = np.random.RandomState(0).randn(1, 32, 32, 3).astype(np.float32)
     reference = torch_features(model, pixels)
@@ -100,11 +142,12 @@ def test_fp16_and_sharded_checkpoints_load(tmp_path):
     assert os.path.exists(sharded / "model.safetensors.index.json")
     clip = jaxseg.load_clip(str(sharded))
     np.testing.assert_allclose(clip.encode_image(pixels), reference, rtol=1e-4, atol=1e-5)
-    half = copy_checkpoint(tmp_path / "reference", tmp_path / "half")
-    rewrite_tensors(half, lambda t: t.update({k: v.astype(np.float16) for k, v in t.items()}))
-    clip = jaxseg.load_clip(half)
-    assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(clip.params))
-    np.testing.assert_allclose(clip.encode_image(pixels), reference, rtol=0, atol=5e-2)
+    for dtype in (np.float16, ml_dtypes.bfloat16):
+        half = copy_checkpoint(tmp_path / "reference", tmp_path / np.dtype(dtype).name)
+        rewrite_tensors(half, lambda t, dtype=dtype: t.update({k: v.astype(dtype) for k, v in t.items()}))
+        clip = jaxseg.load_clip(half)
+        assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(clip.params))
+        np.testing.assert_allclose(clip.encode_image(pixels), reference, rtol=0, atol=5e-2)
 
 
 def test_uncached_hub_id_fails_fast_offline(monkeypatch, tmp_path):
@@ -174,5 +217,6 @@ def test_every_real_size_checkpoint_key_maps_to_a_parameter(name):
         shape = _rearrange(np.lib.stride_tricks.as_strided(
             np.zeros(1, np.float32), tuple(tensor.shape), (0,) * tensor.dim()), layout).shape
         assert expected[path] == shape, key
+        assert checkpoint_key(path) == key  # the names errors report are the file's keys
         mapped.add(path)
     assert mapped == set(expected)

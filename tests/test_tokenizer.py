@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -114,6 +116,38 @@ def test_missing_files_raise_naming_the_folder(tmp_path):
     only_vocab = _folder(tmp_path, ["vocab.json"])
     with pytest.raises(ValueError, match="merges.txt"):
         Tokenizer.from_folder(only_vocab)
+    for name, files in (("tokenizer.json", ["tokenizer.json"]), ("merges.txt", ["vocab.json", "merges.txt"])):
+        (tmp_path / name).mkdir()
+        broken = _folder(tmp_path / name, files)
+        with open(os.path.join(broken, name), "a", encoding="utf-8") as handle:
+            handle.write("not json, no merge\n")
+        with pytest.raises(ValueError, match=f"{name}' cannot be read"):
+            Tokenizer.from_folder(broken)
+
+
+def test_special_token_outside_the_vocabulary_raises(tmp_path):
+    folder = _folder(tmp_path, ["tokenizer.json"], {"special_tokens_map.json": {"pad_token": "<pad>"}})
+    with pytest.raises(ValueError, match=r"special tokens \['<pad>'\] are not in its vocabulary"):
+        Tokenizer.from_folder(folder)
+
+
+def test_pre_4_17_tokenizer_json_is_refused(tmp_path):
+    with open(os.path.join(FIXTURE, "tokenizer.json"), encoding="utf-8") as handle:
+        data = json.load(handle)
+    # Before transformers 4.17, CLIP's tokenizer.json had a single ByteLevel pre-tokeniser.
+    data["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                             "use_regex": True}
+    folder = _folder(tmp_path, [], {"tokenizer.json": data})
+    with pytest.raises(ValueError, match="not CLIP's byte-level BPE pipeline"):
+        Tokenizer.from_folder(folder)
+
+
+def test_tokenizer_json_needs_no_transformers():
+    """Only folders without tokenizer.json import transformers (for its converter)."""
+    code = ("import sys; from jaxseg.clip.tokenizer import Tokenizer; "
+            f"Tokenizer.from_folder({FIXTURE!r}); print('transformers' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_bad_arguments_raise():

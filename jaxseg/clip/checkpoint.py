@@ -5,11 +5,12 @@ reads), failing within seconds with one line when the hub cannot be reached.
 
 Every checkpoint tensor is either converted or matched by an explicit ignore
 rule, every parameter is written exactly once and every shape is checked; any
-mismatch raises a ``ValueError`` naming the tensor.
+mismatch raises a one-line ``ValueError`` naming the tensor by its checkpoint key
+(the key to look for in the file), with the jaxseg parameter path in brackets.
 
-Tensors are read one at a time with ordinary file reads (no memory map) and
-converted straight away, so peak memory is the parameters plus one tensor rather
-than two full copies of the checkpoint.
+Tensors are read one at a time with the ``safetensors`` library (``safe_open`` with
+``pread``, no memory map) and converted straight away, so peak memory is the
+parameters plus one tensor rather than two full copies of the checkpoint.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ import json
 import os
 import re
 import socket
-import struct
 import threading
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
+import safetensors
 
 from jaxseg.clip.model import param_shapes
 from jaxseg.clip.config import CLIPConfig
@@ -50,11 +50,8 @@ IGNORED = (re.compile(r"^(vision|text)_model\.embeddings\.position_ids$"),)
 
 _LAYER_NORMS = {"layer_norm1", "layer_norm2", "pre_layrnorm", "post_layernorm", "final_layer_norm"}
 _EMBEDDINGS = {"position_embedding", "token_embedding"}
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
-}
+# Parameter dtypes a checkpoint may store (safetensors' names); all are cast to param_dtype.
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 def checkpoint_files(folder: str) -> list[str]:
@@ -73,22 +70,28 @@ def checkpoint_files(folder: str) -> list[str]:
 
 
 def read_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields ``(name, array)`` for each tensor of a safetensors file, one at a time."""
-    with open(path, "rb") as f:
-        (header_size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_size))
-        data_start = 8 + header_size
-        for name, info in header.items():
-            if name == "__metadata__":
+    """Yields ``(key, array)`` for each parameter tensor of a safetensors file, one at a time.
+
+    Keys matched by ``IGNORED`` are skipped unread. Uses ``pread`` rather than the
+    default memory map, whose pages would stay resident (and count as RSS) until the
+    whole file is closed.
+
+    Raises:
+      ValueError: the file is not valid safetensors, or a tensor has a non-float dtype.
+    """
+    try:
+        checkpoint = safetensors.safe_open(path, framework="numpy", backend="pread")
+    except safetensors.SafetensorError as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    with checkpoint:
+        for key in checkpoint.keys():
+            if any(rule.match(key) for rule in IGNORED):
                 continue
-            if info["dtype"] not in _SAFETENSORS_DTYPES:
-                raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-            begin, end = info["data_offsets"]
-            f.seek(data_start + begin)
-            buffer = bytearray(end - begin)
-            f.readinto(buffer)
-            array = np.frombuffer(buffer, _SAFETENSORS_DTYPES[info["dtype"]])
-            yield name, array.reshape(info["shape"])
+            dtype = checkpoint.get_slice(key).get_dtype()
+            if dtype not in _FLOAT_DTYPES:
+                raise ValueError(f"{path}: tensor {key} has dtype {dtype}; CLIP parameters are "
+                                 f"one of {', '.join(_FLOAT_DTYPES)}")
+            yield key, checkpoint.get_tensor(key)
 
 
 def param_path(key: str) -> tuple[tuple[str, ...], str]:
@@ -119,6 +122,17 @@ def param_path(key: str) -> tuple[tuple[str, ...], str]:
     return tuple(path), "same"
 
 
+def checkpoint_key(path: tuple[str, ...]) -> str:
+    """The transformers key of a jaxseg parameter path: the inverse of ``param_path``."""
+    parts = [*path]
+    if len(parts) > 1 and parts[-2] == "norm":
+        parts[-2:] = ["weight" if parts[-1] == "scale" else parts[-1]]
+    elif parts[-1] in ("kernel", "embedding"):
+        parts[-1] = "weight"
+    return ".".join(f"encoder.layers.{part[len('layers_'):]}" if part.startswith("layers_") else part
+                    for part in parts)
+
+
 def _rearrange(array: np.ndarray, layout: str) -> np.ndarray:
     if layout == "dense":
         return array.T
@@ -139,7 +153,8 @@ def load_params(folder: str, config: CLIPConfig, param_dtype=jnp.float32) -> Par
       Nested dict of ``jax.Array`` matching ``CLIPModel``'s parameters.
 
     Raises:
-      ValueError: naming the tensor that is unknown, missing, duplicated or mis-shaped.
+      ValueError: in one line, naming by its checkpoint key the tensor that is unknown,
+        missing, duplicated, mis-shaped or of an unsupported dtype.
     """
     expected = {tuple(k.key for k in path): leaf.shape for path, leaf
                 in jax.tree_util.tree_flatten_with_path(param_shapes(config))[0]}
@@ -147,28 +162,29 @@ def load_params(folder: str, config: CLIPConfig, param_dtype=jnp.float32) -> Par
     written: dict[tuple[str, ...], str] = {}
     for file in checkpoint_files(folder):
         for key, array in read_safetensors(file):
-            if any(rule.match(key) for rule in IGNORED):
-                continue
             path, layout = param_path(key)
+            jaxseg_name = f"(jaxseg: {'/'.join(path)})"
             if path not in expected:
-                raise ValueError(f"{file}: tensor {key} matches no parameter of a CLIP model with "
-                                 "this config.json; is this a transformers CLIPModel checkpoint?")
+                raise ValueError(f"{file}: tensor {key} {jaxseg_name} matches no parameter of a CLIP "
+                                 "model with this config.json; is this a transformers CLIPModel "
+                                 "checkpoint?")
             if path in written:
                 raise ValueError(f"{folder}: tensor {key} appears twice (also as {written[path]})")
             array = _rearrange(array, layout)
             if tuple(array.shape) != tuple(expected[path]):
-                raise ValueError(f"{file}: tensor {key} has shape {tuple(array.shape)} after "
-                                 f"conversion, config.json implies {tuple(expected[path])}")
+                raise ValueError(f"{file}: tensor {key} {jaxseg_name} has shape {tuple(array.shape)} "
+                                 f"after conversion, config.json implies {tuple(expected[path])}")
             node = params
             for name in path[:-1]:
                 node = node.setdefault(name, {})
             node[path[-1]] = jnp.asarray(array, dtype=param_dtype)
             written[path] = key
             del array
-    missing = sorted(".".join(p) for p in expected if p not in written)
+    missing = sorted((checkpoint_key(path), path) for path in expected if path not in written)
     if missing:
+        key, path = missing[0]
         raise ValueError(f"{folder}: checkpoint lacks {len(missing)} tensor(s) the config needs, "
-                         f"first: {missing[0]} (jaxseg name); the checkpoint is incomplete")
+                         f"first: {key} (jaxseg: {'/'.join(path)}); the checkpoint is incomplete")
     return params
 
 

@@ -1,86 +1,43 @@
-"""CLIP's byte-level BPE tokenizer, read from a checkpoint folder's files.
+"""CLIP's tokenizer: Hugging Face ``tokenizers`` (Rust) built from a checkpoint folder.
 
 Gives the same ids as transformers' ``CLIPTokenizer`` (5.x) on the same folder
-called with ``padding="max_length", truncation=True``, in pure Python so that
-encoding needs neither ``tokenizers`` nor ``transformers``:
+called with ``padding="max_length", truncation=True``:
 
-1. special tokens (``<|startoftext|>``, ``<|endoftext|>``, the pad token, ...)
-   are cut out of the text first; those the folder marks ``normalized`` are
-   matched after normalisation, the others before;
-2. normalisation: Unicode NFC, every whitespace run becomes one space, then
-   lower-casing one character at a time (so no Greek final-sigma rule, as in
-   ``tokenizers``' ``Lowercase``);
-3. pre-tokenisation with CLIP's regex (words, single digits, punctuation runs;
-   whitespace dropped), each piece as UTF-8 bytes mapped to printable characters;
-4. BPE on each piece with ``</w>`` glued to its last character.
+- ``tokenizer.json`` is loaded as it is by ``tokenizers`` (the library transformers'
+  fast tokenizers run on): byte-level BPE with CLIP's normaliser (NFC, whitespace
+  runs to one space, lower case) and pre-tokeniser, the pipeline ``CLIPTokenizer``
+  rebuilds from the file's vocabulary and merges; the layout written before
+  transformers 4.17 is refused, as transformers refuses it;
+- a folder with only ``vocab.json`` + ``merges.txt`` is turned into the same
+  pipeline by transformers' ``CLIPConverter`` (transformers is imported only then);
+- the special tokens the folder's ``tokenizer_config.json`` / ``special_tokens_map.json``
+  name (CLIP's defaults otherwise) are added as transformers adds them, each with its
+  ``normalized`` flag (whether it is matched before or after normalisation).
 
-``CLIPTokenizer`` 5.x always uses these normalisation and pre-tokenisation
-rules (it rebuilds them in its constructor and takes only the vocabulary, the
-merges and the special tokens from the files), so ``ftfy`` is never involved.
+BOS, EOS, padding and the 77-token fitting rule are applied here, not by the
+file's post-processor, so every folder gets the same rows.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import shutil
-import unicodedata
+import types
 from collections.abc import Sequence
 
 import numpy as np
-import regex
+import tokenizers
 
 # The files a CLIP checkpoint folder may hold for its tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
                    "special_tokens_map.json")
 
-END_OF_WORD = "</w>"
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 # CLIPTokenizer's defaults when the folder names no special token.
 _DEFAULT_SPECIAL_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
                            "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
-_CLIP_PIECES = regex.compile(
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
-# tokenizers' ByteLevel step splits each CLIP piece again with GPT-2's regex (its whitespace
-# branches dropped: pieces hold none). Only the special-token spellings split further:
-# "<|endoftext|>" -> "<|", "endoftext", "|>".
-_GPT2_PIECES = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+""")
-_WHITESPACE_RUN = regex.compile(r"\s+")
-
-
-@functools.cache
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from the 256 byte values to printable characters.
-
-    Printable Latin-1 bytes map to themselves; the rest (controls, space, ...)
-    map to code points from 256 upwards in byte order. The dict's order is the
-    order of the 256 base symbols in CLIP's vocabulary.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    mapping = {byte: chr(byte) for byte in printable}
-    next_code_point = 256
-    for byte in range(256):
-        if byte not in mapping:
-            mapping[byte] = chr(next_code_point)
-            next_code_point += 1
-    return mapping
-
-
-def normalize(text: str) -> str:
-    """CLIPTokenizer's normaliser: NFC, whitespace runs to one space, per-character lowercase."""
-    text = _WHITESPACE_RUN.sub(" ", unicodedata.normalize("NFC", text))
-    return "".join(char.lower() for char in text)
-
-
-def pretokenize(normalized_text: str) -> list[str]:
-    """Splits normalised text into CLIP's pieces, each spelled in byte-level characters."""
-    table = byte_to_unicode()
-    return ["".join(table[byte] for byte in piece.encode("utf-8"))
-            for clip_piece in _CLIP_PIECES.findall(normalized_text)
-            for piece in _GPT2_PIECES.findall(clip_piece)]
 
 
 def copy_tokenizer_files(source_folder: str, target_folder: str) -> list[str]:
@@ -107,6 +64,79 @@ def _token_spec(value) -> tuple[str, bool] | None:
     return None
 
 
+def _read(reader, *paths: str):
+    """Calls a ``tokenizers`` file reader, turning its errors (plain ``Exception``) into ``ValueError``."""
+    try:
+        return reader(*paths)
+    except Exception as error:  # noqa: BLE001 - the Rust readers raise nothing narrower.
+        raise ValueError(f"{' and '.join(map(repr, paths))} cannot be read ({error}); use the "
+                         "CLIP checkpoint's tokenizer files") from None
+
+
+def _backend_from_files(folder: str) -> tokenizers.Tokenizer:
+    """The BPE pipeline without special tokens beyond those ``tokenizer.json`` lists."""
+    file = functools.partial(os.path.join, folder)
+    if os.path.isfile(file("tokenizer.json")):
+        backend = _read(tokenizers.Tokenizer.from_file, file("tokenizer.json"))
+        # transformers (>= 4.17) refuses the older CLIP tokenizer.json layout the same way.
+        if not isinstance(backend.model, tokenizers.models.BPE) or not isinstance(
+                backend.pre_tokenizer, tokenizers.pre_tokenizers.Sequence):
+            raise ValueError(f"{file('tokenizer.json')!r} is not CLIP's byte-level BPE pipeline "
+                             "(written before transformers 4.17?); delete it to use vocab.json + "
+                             "merges.txt, or save the tokenizer again with transformers")
+        return backend
+    if os.path.isfile(file("vocab.json")) and os.path.isfile(file("merges.txt")):
+        return _convert(*_read(tokenizers.models.BPE.read_file, file("vocab.json"), file("merges.txt")))
+    raise ValueError(f"no tokenizer in {folder!r}: expected tokenizer.json or vocab.json + "
+                     "merges.txt; point at a local CLIP checkpoint folder that has them")
+
+
+def _convert(vocab: dict[str, int], merges: list[tuple[str, str]]) -> tokenizers.Tokenizer:
+    """transformers' ``CLIPConverter`` on a vocabulary and merges (no slow tokenizer needed).
+
+    Args:
+      vocab: token (byte-level spelling, ``</w>`` suffixed) -> id.
+      merges: BPE merges, highest priority first.
+    """
+    # Imported here: transformers takes about a second to import and only this path needs it.
+    from transformers.convert_slow_tokenizer import CLIPConverter
+
+    bos, eos = _DEFAULT_SPECIAL_TOKENS["bos_token"], _DEFAULT_SPECIAL_TOKENS["eos_token"]
+    # What the converter reads of a slow CLIPTokenizer; its post-processor is not used here.
+    source = types.SimpleNamespace(encoder=vocab, bpe_ranks=dict.fromkeys(merges),
+                                   unk_token=_DEFAULT_SPECIAL_TOKENS["unk_token"],
+                                   bos_token=bos, bos_token_id=vocab.get(bos, 0),
+                                   eos_token=eos, eos_token_id=vocab.get(eos, 0))
+    return CLIPConverter(source).converted()
+
+
+def _special_tokens(folder: str) -> tuple[dict[str, str], dict[str, bool], dict[str, bool]]:
+    """Special tokens as transformers reads them from the folder's configuration files.
+
+    Returns:
+      ``(special, flags, listed)``: ``bos_token``/... -> content; content -> ``normalized``
+      for the named tokens (when several keys share a token, the last one's flag holds);
+      content -> ``normalized`` for the tokens ``added_tokens_decoder`` lists, whose
+      flags take precedence.
+    """
+    file = functools.partial(os.path.join, folder)
+    config = _read_json(file("tokenizer_config.json")) if os.path.isfile(file("tokenizer_config.json")) else {}
+    settings = {**_DEFAULT_SPECIAL_TOKENS, **{k: config[k] for k in _SPECIAL_TOKEN_KEYS if config.get(k)}}
+    if "added_tokens_decoder" not in config and os.path.isfile(file("special_tokens_map.json")):
+        token_map = _read_json(file("special_tokens_map.json"))
+        settings.update({k: token_map[k] for k in _SPECIAL_TOKEN_KEYS if token_map.get(k)})
+    special, flags = {}, {}
+    for key, value in settings.items():
+        spec = _token_spec(value)
+        if spec is None:
+            raise ValueError(f"{key} in {folder!r} is {value!r}; expected a string or "
+                             "{'content': ...}; fix the tokenizer files")
+        special[key], flags[spec[0]] = spec
+    listed = {token["content"]: bool(token.get("normalized", False))
+              for token in config.get("added_tokens_decoder", {}).values()}
+    return special, flags, listed
+
+
 class Tokenizer:
     """CLIP BPE tokenizer: ``tok(texts, context_length)`` -> int32 ids ``[N, context_length]``.
 
@@ -115,38 +145,20 @@ class Tokenizer:
       bos_id, eos_id, pad_id, unk_id: ids of the special tokens.
     """
 
-    def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]], special_tokens: dict[str, str],
-                 cut_out: dict[str, bool] | None = None, source: str = "<in memory>"):
-        """Builds a tokenizer from its parts; most callers want ``Tokenizer.from_folder``.
+    def __init__(self, backend: tokenizers.Tokenizer, special_tokens: dict[str, str]):
+        """Wraps a ``tokenizers.Tokenizer``; most callers want ``Tokenizer.from_folder``.
 
         Args:
-          vocab: token (byte-level spelling, ``</w>`` suffixed) -> id, special tokens included.
-          merges: BPE merges, highest priority first.
+          backend: the BPE pipeline with its special tokens added; its own padding and
+            truncation settings are switched off.
           special_tokens: ``bos_token``/``eos_token``/``unk_token``/``pad_token`` -> content.
-          cut_out: token content -> whether it is matched after normalisation, for every
-            token taken whole from the text (the special tokens default to before).
-          source: where the files came from, for error messages.
         """
-        cut_out = {**dict.fromkeys(special_tokens.values(), False), **(cut_out or {})}
-        missing = sorted(cut_out.keys() - vocab.keys())
-        if missing:
-            raise ValueError(f"tokenizer in {source}: special tokens {missing} are not in its "
-                             "vocabulary; use a complete CLIP tokenizer folder")
-        self._vocab = dict(vocab)
-        self._merge_rank = {tuple(pair): rank for rank, pair in enumerate(merges)}
-        self.vocab_size = max(self._vocab.values()) + 1
+        backend.no_padding()
+        backend.no_truncation()
+        self._backend = backend
+        self.vocab_size = max(backend.get_vocab(with_added_tokens=True).values()) + 1
         self.bos_id, self.eos_id, self.unk_id, self.pad_id = (
-            self._vocab[special_tokens[key]] for key in _SPECIAL_TOKEN_KEYS)
-        self._special_matchers = tuple(
-            self._matcher([content for content, flag in cut_out.items() if flag == normalized])
-            for normalized in (False, True))
-        # Bound cache: prompts reuse few words, but a long-running process should not grow forever.
-        self._bpe_ids = functools.lru_cache(maxsize=1 << 16)(self._bpe_ids_uncached)
-
-    @staticmethod
-    def _matcher(contents: list[str]) -> regex.Pattern | None:
-        contents = sorted(contents, key=lambda content: (-len(content), content))  # longest match wins
-        return regex.compile("(" + "|".join(map(regex.escape, contents)) + ")") if contents else None
+            backend.token_to_id(special_tokens[key]) for key in _SPECIAL_TOKEN_KEYS)
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike, vocab_size: int | None = None) -> "Tokenizer":
@@ -164,96 +176,26 @@ class Tokenizer:
           ValueError: files missing or unreadable, or ``vocab_size`` disagreeing.
         """
         folder = os.fspath(path)
-        file = functools.partial(os.path.join, folder)
-        if os.path.isfile(file("tokenizer.json")):
-            vocab, merges, listed = cls._read_tokenizer_json(file("tokenizer.json"))
-        elif os.path.isfile(file("vocab.json")) and os.path.isfile(file("merges.txt")):
-            vocab, merges, listed = _read_json(file("vocab.json")), cls._read_merges(file("merges.txt")), {}
-        else:
-            raise ValueError(f"no tokenizer in {folder!r}: expected tokenizer.json or vocab.json + "
-                             "merges.txt; point at a local CLIP checkpoint folder that has them")
-        config = _read_json(file("tokenizer_config.json")) if os.path.isfile(file("tokenizer_config.json")) else {}
-        settings = {**_DEFAULT_SPECIAL_TOKENS, **{k: config[k] for k in _SPECIAL_TOKEN_KEYS if config.get(k)}}
-        if "added_tokens_decoder" not in config and os.path.isfile(file("special_tokens_map.json")):
-            token_map = _read_json(file("special_tokens_map.json"))
-            settings.update({k: token_map[k] for k in _SPECIAL_TOKEN_KEYS if token_map.get(k)})
-        listed.update({token["content"]: bool(token.get("normalized", False))
-                       for token in config.get("added_tokens_decoder", {}).values()})
-        special_tokens, cut_out = {}, {}
-        for key, value in settings.items():
-            spec = _token_spec(value)
-            if spec is None:
-                raise ValueError(f"{key} in {folder!r} is {value!r}; expected a string or "
-                                 "{'content': ...}; fix the tokenizer files")
-            special_tokens[key] = spec[0]
-            # As in transformers: when several keys share a token, the last one's flag holds.
-            cut_out[spec[0]] = spec[1]
-        cut_out.update(listed)  # tokens listed with their own flags take precedence
-        tokenizer = cls(vocab, merges, special_tokens, cut_out, source=repr(folder))
+        backend = _backend_from_files(folder)
+        special, flags, listed = _special_tokens(folder)
+        missing = sorted(token for token in {*flags, *listed} if backend.token_to_id(token) is None)
+        if missing:
+            raise ValueError(f"tokenizer in {folder!r}: special tokens {missing} are not in its "
+                             "vocabulary; use a complete CLIP tokenizer folder")
+        in_file = {str(token) for token in backend.get_added_tokens_decoder().values()}
+        new = {**{token: flag for token, flag in flags.items() if token not in in_file}, **listed}
+        backend.add_special_tokens([tokenizers.AddedToken(token, normalized=flag, special=True)
+                                    for token, flag in new.items()])
+        tokenizer = cls(backend, special)
         if vocab_size is not None and tokenizer.vocab_size != vocab_size:
             raise ValueError(
                 f"tokenizer in {folder!r} has {tokenizer.vocab_size} ids but the text model expects "
                 f"vocab_size={vocab_size}; use the tokenizer files that ship with the checkpoint")
         return tokenizer
 
-    @staticmethod
-    def _read_tokenizer_json(path: str) -> tuple[dict[str, int], list[tuple[str, str]], dict[str, bool]]:
-        data = _read_json(path)
-        model = data.get("model") or {}
-        if model.get("type", "BPE") != "BPE" or not isinstance(model.get("vocab"), dict):
-            raise ValueError(f"{path!r} does not hold a BPE model with a vocabulary; "
-                             "use a CLIP tokenizer.json")
-        vocab = dict(model["vocab"])
-        merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge)
-                  for merge in model.get("merges", [])]
-        listed = {}
-        for token in data.get("added_tokens", []):
-            vocab.setdefault(token["content"], token["id"])
-            listed[token["content"]] = bool(token.get("normalized", False))
-        return vocab, merges, listed
-
-    @staticmethod
-    def _read_merges(path: str) -> list[tuple[str, str]]:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().split("\n")
-        # Same rule as transformers: skip the "#version" header and blank lines.
-        return [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-
-    def _bpe_ids_uncached(self, piece: str) -> tuple[int, ...]:
-        """BPE of one byte-level piece: always merges the best-ranked adjacent pair, leftmost first."""
-        symbols = [*piece[:-1], piece[-1] + END_OF_WORD]
-        rank_of = self._merge_rank.get
-        while len(symbols) > 1:
-            pair = min(zip(symbols, symbols[1:]), key=lambda pair: rank_of(pair, math.inf))
-            if pair not in self._merge_rank:
-                break
-            merged, index = [], 0
-            while index < len(symbols):
-                if index + 1 < len(symbols) and (symbols[index], symbols[index + 1]) == pair:
-                    merged.append(pair[0] + pair[1])
-                    index += 2
-                else:
-                    merged.append(symbols[index])
-                    index += 1
-            symbols = merged
-        return tuple(self._vocab.get(symbol, self.unk_id) for symbol in symbols)
-
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` without BOS/EOS, padding or truncation."""
-        raw_matcher, normalized_matcher = self._special_matchers
-        ids = []
-        for raw_index, raw_part in enumerate(raw_matcher.split(text) if raw_matcher else [text]):
-            if raw_index % 2:  # odd parts of a capturing split are the separators
-                ids.append(self._vocab[raw_part])
-                continue
-            normalized = normalize(raw_part)
-            parts = normalized_matcher.split(normalized) if normalized_matcher else [normalized]
-            for index, part in enumerate(parts):
-                if index % 2:
-                    ids.append(self._vocab[part])
-                else:
-                    ids.extend(token for piece in pretokenize(part) for token in self._bpe_ids(piece))
-        return ids
+        return self._backend.encode(text, add_special_tokens=False).ids
 
     def __call__(self, texts: str | Sequence[str], context_length: int = 77) -> np.ndarray:
         """Tokenizes prompts to fixed-length rows.
@@ -272,10 +214,11 @@ class Tokenizer:
         if context_length < 2:
             raise ValueError(f"context_length={context_length} leaves no room for BOS and EOS; use >= 2")
         texts = [texts] if isinstance(texts, str) else list(texts)
-        rows = np.full((len(texts), context_length), self.pad_id, np.int32)
-        for row, text in zip(rows, texts):
+        for text in texts:
             if not isinstance(text, str):
                 raise ValueError(f"prompts must be strings, got {type(text).__name__}: {text!r}")
-            ids = [self.bos_id, *self.encode(text)[:context_length - 2], self.eos_id]
+        rows = np.full((len(texts), context_length), self.pad_id, np.int32)
+        for row, encoding in zip(rows, self._backend.encode_batch(texts, add_special_tokens=False)):
+            ids = [self.bos_id, *encoding.ids[:context_length - 2], self.eos_id]
             row[:len(ids)] = ids
         return rows
