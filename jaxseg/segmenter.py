@@ -32,7 +32,7 @@ from jaxseg.labels.prompts import class_embeddings, prepare_labels
 from jaxseg.labels.vocab import load_vocabulary
 from jaxseg.maps import batch as batch_lib
 from jaxseg.maps.scoring import label_map
-from jaxseg.maps.stage import relevance_batch
+from jaxseg.maps import stage
 from jaxseg.refinement.crf import dense_crf
 from jaxseg.refinement.refine import refine
 
@@ -98,6 +98,17 @@ def refine_mask(image: np.ndarray, output: DeviceOutput,
     return mask, time.perf_counter() - start
 
 
+@dataclasses.dataclass
+class PendingBatch:
+    """A batch whose device work was started (:meth:`Segmenter.dispatch`)."""
+
+    outputs: list[DeviceOutput]
+    shapes: list[tuple[int, int]]  # each image's (H, W)
+    todo: list[int]  # the images with labels, in order
+    pending: Optional[stage.Pending]
+    started: float
+
+
 class Segmenter:
     """Segments images with one CLIP model and one configuration.
 
@@ -105,19 +116,21 @@ class Segmenter:
       clip: a ``jaxseg.CLIP`` from ``load_clip``.
       config: every stage's settings; settings left at None take the relevance method's
         defaults (``config.resolved()``, kept as ``self.config``).
-      mesh: optional ``jax.sharding.Mesh`` with a ``"data"`` axis: batches are split over
-        its devices (batch sizes rounded up to a multiple of its size), parameters
-        replicated.
+      mesh: optional ``jax.sharding.Mesh`` (e.g. ``jaxseg.run.sharding.data_mesh()``): its
+        devices share the batches, each running the same single-device program on its
+        own batches, so masks do not depend on how many devices there are. None: the
+        first local device.
     """
 
     def __init__(self, clip, config: SegmentConfig = SegmentConfig(), mesh: Optional[Mesh] = None):
         self.clip, self.config, self.mesh = clip, config.resolved(), mesh
+        self.devices = list(mesh.devices.flat) if mesh is not None else jax.local_devices()[:1]
         prompts = self.config.prompts
         self._names = dict(prompts.names)
         self._prepared: dict[tuple[str, ...], list[str]] = {}
         self._embeddings: dict[str, np.ndarray] = {}
-        self._vocabulary = None  # image rule: (names, [E, P] embeddings), made on first use
-        self._replicated = None  # parameters on every device of the mesh, made on first use
+        self._vocabulary = None  # image rule: [E, P] embeddings, made on first use
+        self._device_params: dict = {}  # parameters on each device, put there on first use
         background = prompts.background if self.config.relevance.needs_background else ()
         self._background = (np.stack([self._embed(name) for name in background]) if background
                             else np.zeros((0, clip.config.projection_dim), np.float32))
@@ -160,91 +173,112 @@ class Segmenter:
             owner += [0] * len(self.config.prompts.background)
         return np.stack([self._embed(text) for text in texts]), np.asarray(owner, np.int32)
 
-    def _params(self):
-        if self.mesh is None:
-            return self.clip.params
-        if self._replicated is None:
-            self._replicated = batch_lib.replicate(self.clip.params, self.mesh)
-        return self._replicated
+    def _params(self, device):
+        if device not in self._device_params:
+            self._device_params[device] = jax.device_put(self.clip.params, device)
+        return self._device_params[device]
 
-    def _device_pass(self, images: Sequence[np.ndarray], labels: Sequence[Sequence[str]],
-                     batch_size: Optional[int]) -> list:
-        batch = max(batch_size or 0, len(images))
-        if self.mesh is not None:
-            batch = -(-batch // self.mesh.size) * self.mesh.size
+    def _dispatch_maps(self, images: Sequence[np.ndarray], labels: Sequence[Sequence[str]],
+                       batch_size: int, device) -> stage.Pending:
         queries, owners = zip(*(self._queries(names) for names in labels))
-        return relevance_batch(self.clip.compiled, self._params(), images, queries, owners,
-                               [len(names) for names in labels], self._background, self.config,
-                               self.clip.config.vision.patch_size, batch, self.mesh)
+        return stage.dispatch(self.clip.compiled, self._params(device), images, queries, owners,
+                              [len(names) for names in labels], self._background, self.config,
+                              self.clip.config.vision.patch_size, batch_size, device)
 
-    def auto_labels(self, images: Sequence[np.ndarray]) -> list[tuple[list[str], list[float]]]:
+    def auto_labels(self, images: Sequence[np.ndarray], batch_size: Optional[int] = None,
+                    device_index: int = 0) -> list[tuple[list[str], list[float]]]:
         """Labels picked from ``config.auto.vocabulary`` for uint8 ``[H, W, 3]`` images, best
         first, with their scores (``jaxseg.labels.autolabel``: image-level probabilities, or
-        with the dense rule the pixel shares the labels win)."""
+        with the dense rule the pixel shares the labels win); one device call for the batch
+        (padded to ``batch_size``), on the ``device_index``-th device."""
         auto = self.config.auto
         entries = load_vocabulary(auto.vocabulary)
         if not entries or auto.top_k == 0:
             return [([], []) for _ in images]
         names = [entry.name for entry in entries]
+        size = max(batch_size or 0, len(images))
+        device = self.devices[device_index % len(self.devices)]
         if auto.rule == "dense":
             chosen = [autolabel.select_by_share(names, label_map(
                 scores, plane, self.config.scoring.prob_threshold), auto)
-                for scores, plane, _ in self._device_pass(images, [names] * len(images), None)]
+                for scores, plane, _ in stage.collect(self._dispatch_maps(
+                    images, [names] * len(images), size, device))]
         else:
             if self._vocabulary is None:
                 self._vocabulary = autolabel.vocabulary_embeddings(
                     self.clip, entries, self.config.prompts.templates)
-            program = self.clip.compiled(autolabel.variant_probabilities, tta=self.config.tta)
-            chosen = []
-            for image in images:
-                canvas, content_hw = batch_lib.tta_lib.prepare_canvas(image, self.config.tta)
-                probabilities = program(self.clip.params, canvas,
-                                        np.asarray(content_hw, np.int32), self._vocabulary)
-                chosen.append(autolabel.select_labels(
-                    names, np.asarray(jax.device_get(probabilities)).max(0), auto))
+            (canvases, content_hw), _ = batch_lib.pack_tta(images, self.config.tta, size)
+            program = self.clip.compiled(autolabel.batch_probabilities, tta=self.config.tta)
+            probabilities = jax.device_get(program(self._params(device), *jax.device_put(
+                (canvases, content_hw, self._vocabulary), device)))
+            chosen = [autolabel.select_labels(names, best, auto)
+                      for best in probabilities[:len(images)].max(axis=1)]
         return [([name for name, _ in pairs], [score for _, score in pairs]) for pairs in chosen]
 
-    def relevance_stage(self, images: Sequence[np.ndarray], labels: Sequence[Labels],
-                        batch_size: Optional[int] = None) -> list[DeviceOutput]:
-        """The device stage of a batch: labels, then every label's scores (one ``device_get``).
-
-        Args:
-          images: uint8 ``[H, W, 3]`` RGB images (see ``jaxseg.imaging.as_rgb_uint8``).
-          labels: per image, class names (prepared here) or ``"auto"``.
-          batch_size: pad the device batch to this many images (default ``len(images)``;
-            a fixed size keeps the last, smaller batch of a dataset from recompiling);
-            rounded up to a multiple of the mesh's devices.
-
-        Returns:
-          One :class:`DeviceOutput` per image; images without labels skip the device.
-        """
+    def dispatch(self, images: Sequence[np.ndarray], labels: Sequence[Labels],
+                 batch_size: Optional[int] = None, device_index: int = 0) -> PendingBatch:
+        """Starts the device stage of one batch on one device (see :meth:`relevance_stage`);
+        :meth:`collect` waits for it. Labels (prepared or picked automatically) are ready on
+        return, the maps are computed asynchronously."""
+        started = time.perf_counter()
         outputs = [DeviceOutput([] if isinstance(wanted, str) else self.prepare_labels(wanted))
                    for wanted in labels]
         wanted_auto = [i for i, wanted in enumerate(labels) if isinstance(wanted, str)]
         if wanted_auto:
             if any(labels[i] != "auto" for i in wanted_auto):
                 raise ValueError("labels must be a list of names or 'auto' per image")
-            start = time.perf_counter()
-            chosen = self.auto_labels([images[i] for i in wanted_auto])
-            share = (time.perf_counter() - start) / len(wanted_auto)
+            chosen = self.auto_labels([images[i] for i in wanted_auto], batch_size, device_index)
+            share = (time.perf_counter() - started) / len(wanted_auto)
             for i, (names, scores) in zip(wanted_auto, chosen):
                 outputs[i].labels, outputs[i].label_scores = names, scores
                 outputs[i].timings["auto_labels"] = share
         todo = [i for i, out in enumerate(outputs) if out.labels]
-        start = time.perf_counter()
+        pending = None
         if todo:
-            results = self._device_pass([images[i] for i in todo],
-                                        [outputs[i].labels for i in todo], batch_size)
-            for i, (scores, background, features) in zip(todo, results):
-                outputs[i].scores, outputs[i].background = scores, background
-                outputs[i].features = features if self.config.use_features else None
-        share = (time.perf_counter() - start) / len(images)
-        for image, out in zip(images, outputs):
-            if out.scores is None:
-                out.scores = np.zeros((0,) + image.shape[:2], np.float32)
-                out.background = np.ones(image.shape[:2], np.float32)
-            out.timings["relevance"] = share
-        return outputs
+            pending = self._dispatch_maps([images[i] for i in todo],
+                                          [outputs[i].labels for i in todo],
+                                          max(batch_size or 0, len(images)),
+                                          self.devices[device_index % len(self.devices)])
+        return PendingBatch(outputs, [image.shape[:2] for image in images], todo, pending,
+                            started)
+
+    def collect(self, batch: PendingBatch) -> list[DeviceOutput]:
+        """Waits for a dispatched batch: one :class:`DeviceOutput` per image."""
+        if batch.pending is not None:
+            for i, (scores, background, features) in zip(batch.todo, stage.collect(batch.pending)):
+                output = batch.outputs[i]
+                output.scores, output.background = scores, background
+                output.features = features if self.config.use_features else None
+        share = (time.perf_counter() - batch.started) / len(batch.outputs)
+        for shape, output in zip(batch.shapes, batch.outputs):
+            if output.scores is None:  # no labels: all background
+                output.scores = np.zeros((0,) + shape, np.float32)
+                output.background = np.ones(shape, np.float32)
+            output.timings["relevance"] = share
+        return batch.outputs
+
+    def relevance_stage(self, images: Sequence[np.ndarray], labels: Sequence[Labels],
+                        batch_size: Optional[int] = None) -> list[DeviceOutput]:
+        """The device stage of several images: labels, then every label's scores.
+
+        The images are cut into consecutive batches of ``batch_size`` (default: all of
+        them), each padded to that size, and the batches are shared round-robin by the
+        devices, each running the same compiled single-device program; so an image's
+        scores depend on its batch, never on the device count.
+
+        Args:
+          images: uint8 ``[H, W, 3]`` RGB images (see ``jaxseg.imaging.as_rgb_uint8``).
+          labels: per image, class names (prepared here) or ``"auto"``.
+          batch_size: images per device call (a fixed size keeps the last, smaller batch
+            of a dataset from recompiling).
+
+        Returns:
+          One :class:`DeviceOutput` per image; images without labels skip the device.
+        """
+        size = batch_size or len(images)
+        batches = [self.dispatch(images[start:start + size], labels[start:start + size], size,
+                                 index) for index, start in enumerate(range(0, len(images), size))]
+        return [output for batch in batches for output in self.collect(batch)]
 
     def refine_stage(self, image: np.ndarray, output: DeviceOutput) -> SegmentResult:
         """The host stage of one image: its device output turned into a mask."""

@@ -99,3 +99,17 @@ def test_bad_inputs_are_clear_errors(tiny_clip):
         jaxseg.relevance(tiny_clip, pixels, texts, start_layer=5)
     with pytest.raises(ValueError, match="text_embeds"):
         jaxseg.relevance(tiny_clip, pixels, texts[:, :5])
+
+
+def test_classes_go_through_in_chunks_under_a_small_gradient_budget(tiny_clip):
+    from jaxseg.maps.chefer import classes_per_pass
+    pixels, texts = random_inputs(batch=2, classes=5, seed=12)
+    # Two views, 3 heads, 17 tokens, blocks 0 and 1 full (17 rows) and the CLS-only last one.
+    per_class_mb = 4 * 2 * 3 * 17 * (17 + 17 + 1) / 2 ** 20
+    assert classes_per_pass(5, 2, 3, 17, [17, 17, 1], 2.5 * per_class_mb) == 2
+    assert classes_per_pass(5, 2, 3, 17, [17, 17, 1], 0.0) == 1
+    whole = relevance_maps(tiny_clip.params, pixels, texts, config=tiny_clip.config, start_layer=0)
+    chunked = jax.jit(lambda p, x, t: relevance_maps(
+        p, x, t, config=tiny_clip.config, start_layer=0,
+        gradient_budget_mb=2.5 * per_class_mb))(tiny_clip.params, pixels, texts)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-8)

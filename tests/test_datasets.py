@@ -11,7 +11,8 @@ from PIL import Image
 
 from jaxseg.run import datasets, imageio
 from jaxseg.run.datasets import DatasetError, Item
-from jaxseg.run.runner import is_complete, select_work
+from jaxseg.run.outputs import complete_stems, is_complete
+from jaxseg.run.plan import plan_batches, process_batches
 
 
 def make_voc(root, masks: dict[str, list[int]], xml_only: dict[str, list[str]] = (),
@@ -100,15 +101,29 @@ def test_collect_items_reports_stem_clashes():
                                             "rename one of them")]
 
 
-def test_select_work_skips_complete_outputs_only(tmp_path):
-    items = [Item(stem, f"{stem}.jpg", ["cat"]) for stem in ("a", "b", "c", "d")]
+def test_complete_outputs_are_found_by_one_listing(tmp_path):
     for name in ("a.png", "a.json", "b.png", ".c.json.tmp-1", "c.png", "d.json"):
         (tmp_path / name).write_text("")
-    todo, skipped = select_work(items, str(tmp_path))
-    assert [item.stem for item in todo] == ["b", "c", "d"] and skipped == 1
-    assert select_work(items, str(tmp_path), overwrite=True) == (items, 0)
+    assert complete_stems(str(tmp_path), ["a", "b", "c", "d"]) == {"a"}
+    assert complete_stems(str(tmp_path / "missing"), ["a"]) == set()
     # With pictures asked for, an output without them is not complete.
     assert not is_complete(str(tmp_path), "a", extras=("overlay",))
     (tmp_path / "a_overlay.png").write_text("")
     assert is_complete(str(tmp_path), "a", extras=("overlay",))
-    assert not is_complete(str(tmp_path), "a", extras=("overlay", "maps"))
+    assert complete_stems(str(tmp_path), ["a"], ("overlay", "maps")) == set()
+
+
+def test_plan_groups_by_label_bucket_and_ignores_input_order():
+    items = [Item(f"{i:02d}", f"{i:02d}.jpg", ["cat"] * (1 + i % 3)) for i in range(9)]
+    items.append(Item("zz", "zz.jpg", "auto"))
+    batches = plan_batches(items, 2)
+    stems = [[item.stem for item in batch] for batch in batches]
+    # buckets: 1 label (00, 03, 06), 2 labels (01, 04, 07), 3-4 labels (02, 05, 08), auto.
+    assert stems == [["00", "03"], ["01", "04"], ["02", "05"], ["06"], ["07"], ["08"], ["zz"]]
+    shuffled = [items[i] for i in np.random.RandomState(0).permutation(len(items))]
+    assert plan_batches(shuffled, 2) == batches
+    shares = [process_batches(batches, index, 3) for index in range(3)]
+    assert sorted(sum(shares, []), key=str) == sorted(batches, key=str)
+    assert [len(share) for share in shares] == [3, 2, 2]
+    with pytest.raises(ValueError, match="process_index 3"):
+        process_batches(batches, 3, 3)

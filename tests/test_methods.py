@@ -175,3 +175,25 @@ def test_bad_method_names_are_usage_errors(tmp_path, tiny_checkpoint, capsys):
     status = cli.main([*FAST, "x.png", "--labels", "cat", "--method", "gradcam",
                        "--model", tiny_checkpoint[0]])
     assert status == 2 and "gradcam" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["chefer", "naclip"])
+def test_bfloat16_relevance_is_within_the_stated_tolerance_of_float32(tiny_checkpoint, method):
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(5)
+    pixels = rng.standard_normal((4, 32, 32, 3)).astype(np.float32)
+    texts = rng.standard_normal((3, 24)).astype(np.float32)
+    config = jaxseg.RelevanceConfig(method=method)
+
+    def normalised(clip):
+        maps = np.asarray(jaxseg.relevance(clip, pixels, texts, config=config), np.float32)
+        low = maps.min(axis=(2, 3), keepdims=True)
+        return (maps - low) / (maps.max(axis=(2, 3), keepdims=True) - low)
+
+    full = normalised(jaxseg.load_clip(tiny_checkpoint[0]))
+    half = normalised(jaxseg.load_clip(tiny_checkpoint[0], dtype=jnp.bfloat16))
+    # The README's stated tolerance: per-map normalised maps within 0.05, correlation 0.999.
+    assert np.abs(half - full).max() <= 0.05
+    assert np.corrcoef(half.ravel(), full.ravel())[0, 1] >= 0.999
+    assert np.abs(half - full).max() > 0  # bfloat16 was really used

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -167,37 +163,3 @@ def comparable(folder) -> dict:
             data.pop("timings")
         contents[name] = data
     return contents
-
-
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_checkpoint, run, capsys):
-    root = tmp_path / "data"
-    paths = random_images(root / "images", 8)
-    (root / "labels.json").write_text(json.dumps(
-        {f"img{i}": [["cat"], ["cat", "dog"], [], ["dog", "sofa", "cat"]][i % 4]
-         for i in range(len(paths))}))
-    common = ["--dataset", "folder", "--root", str(root), "--batch-size", "2"]
-    assert run(*common, "--out", tmp_path / "reference") == 0
-
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    command = [sys.executable, "-m", "jaxseg.segment", *FAST, *common, "--out", str(out),
-               "--model", tiny_checkpoint[0], "--compile-cache", str(cache), "--quiet"]
-    env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1")
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (out.is_dir() and any(name.endswith(".json") for name in os.listdir(out))):
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "no output within 120 s"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    process.stderr.close()
-    finished = sum(name.endswith(".json") for name in os.listdir(out))
-    assert 0 < finished < len(paths), "the run must be killed half-way"
-    assert os.listdir(cache), "the compilation cache is written as programs compile"
-    (out / ".img7.png.tmp-424242").write_bytes(b"left by a killed run")
-
-    capsys.readouterr()
-    assert run(*common, "--out", out) == 0
-    assert f"{finished} already complete" in capsys.readouterr().err
-    assert comparable(out) == comparable(tmp_path / "reference")

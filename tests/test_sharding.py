@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from jaxseg.run.sharding import (RefinePool, detect_cluster, device_batch_size,
-                             initialize_distributed, process_share)
+from jaxseg.run.pool import RefinePool
+from jaxseg.run.sharding import detect_cluster, initialize_distributed, local_device_ids
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 CHILD_TIMEOUT_S = 240  # a hung collective fails the test instead of blocking CI
@@ -68,30 +68,19 @@ def finish(child: subprocess.Popen, timeout: float = CHILD_TIMEOUT_S) -> str:
 
 
 def child_devices(folder: str, out_path: str) -> None:
-    """4 virtual devices: sharded relevance and masks, saved to ``out_path`` (npz)."""
+    """4 virtual devices: relevance and masks of batches spread over them, saved (npz)."""
     import jax
     from jaxseg.clip.handle import load_clip
-    from jaxseg.maps import batch as batch_lib
     from jaxseg.run.sharding import data_mesh
     from jaxseg.segmenter import Segmenter
 
-    config = small_config()
     clip = load_clip(folder)
-    data = small_dataset(3)
+    data = small_dataset(4)
     images = [image for _, image, _ in data]
-    labels = [names for _, _, names in data]
-    mesh = data_mesh()
-    segmenter = Segmenter(clip, config, mesh)
-    batch = device_batch_size(len(images), mesh)
-    sharded = segmenter.relevance_stage(images, labels, batch)
-    # Other image sizes and label counts in the same bucket reuse the sharded program.
-    segmenter.relevance_stage(images[::-1][:2], labels[::-1][:2], batch)
-    resolved = segmenter.config
-    program = clip.compiled(batch_lib.tta_program, tta=resolved.tta, relevance=resolved.relevance,
-                            scoring=resolved.scoring, num_labels=4)  # 3 or 4 labels: bucket 4
-    arrays = {"local_devices": len(jax.local_devices()), "mesh_size": mesh.size, "batch": batch,
-              "programs": program._cache_size()}
-    for i, (image, output) in enumerate(zip(images, sharded)):
+    segmenter = Segmenter(clip, small_config(), data_mesh())
+    spread = segmenter.relevance_stage(images, [names for _, _, names in data], batch_size=1)
+    arrays = {"local_devices": len(jax.local_devices()), "devices": len(segmenter.devices)}
+    for i, (image, output) in enumerate(zip(images, spread)):
         arrays.update({f"scores{i}": output.scores, f"features{i}": output.features,
                        f"mask{i}": segmenter.refine_stage(image, output).mask})
     np.savez(out_path, **arrays)
@@ -108,7 +97,7 @@ def child_process(folder: str, port: int, index: int, out_dir: str) -> None:
 
     clip = load_clip(folder)
     config = small_config()
-    mine = process_share(small_dataset())
+    mine = small_dataset()[index::2]
     for stem, image, labels in mine:
         with atomic_write(os.path.join(out_dir, f"{stem}.npy")) as handle:
             np.save(handle, segment(clip, image, labels, config).mask)
@@ -132,23 +121,23 @@ def child_initialize_late() -> None:
 # ---------------------------------------------------------------- tests
 
 
-def test_four_virtual_devices_match_one_device(tiny_checkpoint, tiny_clip, tmp_path):
+def test_four_virtual_devices_give_the_one_device_results_exactly(tiny_checkpoint, tiny_clip,
+                                                                  tmp_path):
     from jaxseg.segmenter import Segmenter
-    out_path = str(tmp_path / "sharded.npz")
+    out_path = str(tmp_path / "spread.npz")
     finish(run_child(f"child_devices({tiny_checkpoint[0]!r}, {out_path!r})",
                      {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}))
-    sharded = np.load(out_path)
-    assert (sharded["local_devices"], sharded["mesh_size"], sharded["batch"]) == (4, 4, 4)
-    assert sharded["programs"] == 1  # one sharded program for the bucket
-    # Each image alone on this process's single device (the program ``segment`` uses).
+    spread = np.load(out_path)
+    assert (spread["local_devices"], spread["devices"]) == (4, 4)
+    # The same batches of one image each, all on this process's single device.
     segmenter = Segmenter(tiny_clip, small_config())
     masks = []
-    for i, (_, image, labels) in enumerate(small_dataset(3)):
+    for i, (_, image, labels) in enumerate(small_dataset(4)):
         [output] = segmenter.relevance_stage([image], [labels])
-        np.testing.assert_allclose(sharded[f"scores{i}"], output.scores, atol=1e-5)
-        np.testing.assert_allclose(sharded[f"features{i}"], output.features, atol=1e-5)
+        np.testing.assert_array_equal(spread[f"scores{i}"], output.scores)
+        np.testing.assert_array_equal(spread[f"features{i}"], output.features)
         masks.append(segmenter.refine_stage(image, output).mask)
-        np.testing.assert_array_equal(sharded[f"mask{i}"], masks[-1])
+        np.testing.assert_array_equal(spread[f"mask{i}"], masks[-1])
     # The masks are not trivially equal (all background): some labels won pixels.
     assert any(len(np.unique(mask)) > 1 for mask in masks)
 
@@ -181,34 +170,32 @@ def test_two_processes_write_the_single_process_masks(tiny_checkpoint, tiny_clip
         np.testing.assert_array_equal(np.load(tmp_path / f"{stem}.npy"), expected)
 
 
-def test_process_share_is_disjoint_covering_and_order_free():
-    items = [(f"{i:03d}", f"/data/{i:03d}.jpg", ["cat"]) for i in range(11)]
-    shares = [process_share(items, index, 3) for index in range(3)]
-    stems = [[item[0] for item in share] for share in shares]
-    assert sorted(sum(stems, [])) == sorted(item[0] for item in items)
-    assert [len(share) for share in shares] == [4, 4, 3]
-    shuffled = [items[i] for i in np.random.RandomState(1).permutation(len(items))]
-    assert [process_share(shuffled, index, 3) for index in range(3)] == shares
-    assert process_share(["b/x.jpg", "a/y.png", "c/w.jpg"], 0, 2) == ["c/w.jpg", "a/y.png"]
-    assert process_share(items) == sorted(items)  # one process without jax.distributed
-    with pytest.raises(ValueError, match="process_index 3"):
-        process_share(items, 3, 3)
-
-
-def test_device_batch_size_rounds_up_to_the_mesh():
-    class FakeMesh:
-        size = 4
-    assert [device_batch_size(b, FakeMesh()) for b in (1, 4, 5, 8)] == [4, 4, 8, 8]
-    assert device_batch_size(3, None) == 3
-    with pytest.raises(ValueError, match="batch_size"):
-        device_batch_size(0, None)
+def test_local_device_ids_follow_the_launcher_layout():
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2",
+             "SLURM_PROCID": "1", "SLURM_LOCALID": "0", "SLURM_NODEID": "1",
+             "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    assert detect_cluster(slurm) == "slurm"
+    # srun --ntasks-per-node 1: one process with all four GPUs of its node.
+    assert local_device_ids("slurm", slurm) == [0, 1, 2, 3]
+    # srun --ntasks-per-node 4: JAX's one GPU per process (its local rank).
+    assert local_device_ids("slurm", {**slurm, "SLURM_STEP_TASKS_PER_NODE": "4(x2)"}) is None
+    # Uneven steps: this node (index 1) runs one task.
+    assert local_device_ids("slurm", {**slurm, "SLURM_STEP_TASKS_PER_NODE": "3,1"}) == [0, 1, 2, 3]
+    mpi = {"OMPI_MCA_orte_hnp_uri": "x", "OMPI_COMM_WORLD_SIZE": "2",
+           "OMPI_COMM_WORLD_LOCAL_SIZE": "1"}
+    assert detect_cluster(mpi) == "openmpi"
+    assert local_device_ids("openmpi", mpi, gpus=lambda env: 8) == list(range(8))
+    assert local_device_ids("openmpi", {**mpi, "OMPI_COMM_WORLD_LOCAL_SIZE": "8"}) is None
+    assert local_device_ids("slurm", {**slurm, "CUDA_VISIBLE_DEVICES": ""},
+                            gpus=lambda env: 0) is None  # no GPU: nothing to pass
+    assert local_device_ids("tpu", slurm) is None and local_device_ids(None, slurm) is None
 
 
 def test_initialize_distributed_rejects_bad_flags(monkeypatch):
     for name in ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "TPU_PROCESS_ADDRESSES",
                  "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(name, raising=False)
-    assert detect_cluster() is None
+    assert detect_cluster() is None  # this machine is no TPU VM
     assert initialize_distributed() is False
     assert initialize_distributed(auto=True) is False
     with pytest.raises(ValueError, match="missing --num-processes, --process-id"):

@@ -45,19 +45,21 @@ Runs are resumable: every file is written under a temporary name and renamed,
 the JSON last, and an image whose outputs all exist is skipped (``--overwrite``
 redoes it). Unreadable inputs are reported one line each and in a summary; the
 run goes on. Exit status: 0 all written, 1 some inputs failed, 2 usage or
-configuration error (bad --model, labels file or dataset layout), 130 interrupted.
+configuration error (bad --model, labels file or dataset layout), 130 after Ctrl-C,
+143 after SIGTERM (finished images kept, no partial file, the summary line printed).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import os
+import signal
 import sys
+import threading
 import traceback
-import warnings
 from typing import Optional, Sequence
+
+from jaxseg.cli.console import Console, configure_compile_cache, default_cache_dir, warnings_to
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
 # Known without importing jaxseg.config (which imports JAX): --help stays fast.
@@ -69,30 +71,6 @@ PROG = "python -m jaxseg.segment"
 
 class UsageError(ValueError):
     """Inconsistent command-line arguments (exit status 2)."""
-
-
-def default_cache_dir() -> str:
-    """``$XDG_CACHE_HOME/jaxseg/jax``, or ``~/.cache/jaxseg/jax``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "jaxseg", "jax")
-
-
-def configure_compile_cache(cache_dir: Optional[str]) -> None:
-    """Turns JAX's persistent compilation cache on in ``cache_dir`` (off when None).
-
-    Must run before the first compilation. Every program is cached, however small
-    or quick to compile, so a second run of the same model compiles nothing.
-    """
-    import jax
-
-    if cache_dir is None:
-        jax.config.update("jax_enable_compilation_cache", False)
-        return
-    os.makedirs(cache_dir, exist_ok=True)
-    jax.config.update("jax_enable_compilation_cache", True)
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # -1: no size floor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_DIR",
                      help=f"Hugging Face hub id or checkpoint folder (default {DEFAULT_MODEL})")
     run.add_argument("--batch-size", type=int, default=8, metavar="B",
-                     help="images per device call (default 8)")
+                     help="images per device call, on each device (default 8); masks depend on "
+                          "it, never on the device or process count")
+    run.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                     help="compute dtype of CLIP (bfloat16: faster on GPUs and TPUs; softmax "
+                          "and LayerNorm stay float32)")
+    run.add_argument("--matmul-precision", choices=("default", "high", "highest"),
+                     help="JAX's matmul precision (default: the platform's, e.g. one bfloat16 "
+                          "pass on TPU, TF32 on recent NVIDIA GPUs; highest: exact float32)")
     run.add_argument("--input-size", type=int, metavar="S",
                      help="CLIP input side of each view (default 224)")
     run.add_argument("--canvas-size", type=int, metavar="C",
@@ -157,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--max-devices", type=int, metavar="D",
                        help="use at most D local devices (default: all)")
     scale.add_argument("--refine-workers", type=int, metavar="W",
-                       help="refinement worker processes (default: one per core; 0: refine in "
-                            "the main process)")
+                       help="refinement worker processes (default: cores - 2, at least 1; 0: "
+                            "refine in the main process)")
     scale.add_argument("--coordinator-address", metavar="HOST:PORT",
                        help="jax.distributed coordinator (process 0's address)")
     scale.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
@@ -249,60 +234,35 @@ def _config(args):
     return config
 
 
-class _Console:
-    """Prints warnings once each and errors one line each, without breaking the progress bar."""
-
-    def __init__(self, quiet: bool, debug: bool):
-        self.quiet, self.debug, self.bar, self._seen = quiet, debug, None, set()
-
-    def line(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def warn(self, message: str) -> None:
-        if message not in self._seen:
-            self._seen.add(message)
-            self.line(f"warning: {message}")
-
-    def failure(self, path: str, reason: str, trace: Optional[str] = None) -> None:
-        if self.debug and trace:
-            self.line(trace.rstrip())
-        self.line(f"error: {path}: {reason}")
-
-    def progress(self, total: int):
-        from tqdm import tqdm
-
-        # rate_noinv: images/s even below one image per second (tqdm would show s/img).
-        self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True,
-                        disable=self.quiet or total <= 1, desc="segment",
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
-                                   "[{elapsed}<{remaining}, {rate_noinv_fmt}]")
-        return self.bar
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (SLURM's scancel and time limits, Kubernetes, ``kill``), raised in the main
+    thread so that the run stops as cleanly as on Ctrl-C."""
 
 
-@contextlib.contextmanager
-def _warnings_to(console: _Console):
-    """Library warnings become one ``warning:`` line each (no file/line noise)."""
-    previous = warnings.showwarning
-    warnings.showwarning = lambda message, *rest, **kw: console.warn(str(message))
-    try:
-        yield
-    finally:
-        warnings.showwarning = previous
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
-def _run(args, console: _Console) -> int:
+def _run(args, console: Console) -> int:
     from jaxseg.run import sharding
 
     # jax.distributed must connect before anything else touches JAX.
     sharding.initialize_distributed(args.coordinator_address, args.num_processes,
                                     args.process_id, auto=True)
+    try:
+        return _segment(args, console)
+    finally:
+        # Every process reaches the barrier, also after an error, so no host waits forever.
+        sharding.barrier("jaxseg-segment-done")
+
+
+def _segment(args, console: Console) -> int:
     import jax
 
+    from jaxseg.run import sharding
+
     from jaxseg.clip.handle import load_clip
-    from jaxseg.run import runner
+    from jaxseg.run import plan, runner
     from jaxseg.segmenter import Segmenter
 
     config = _config(args)
@@ -310,29 +270,30 @@ def _run(args, console: _Console) -> int:
     if args.max_devices is not None and args.max_devices < 1:
         raise UsageError(f"--max-devices must be >= 1, got {args.max_devices}")
     configure_compile_cache(None if args.no_compile_cache else args.compile_cache)
-    clip = load_clip(args.model)
-    items, failures = dataset.items, dataset.failures
-    if jax.process_count() > 1:
-        # Every process lists the dataset; each runs its own share, process 0 reports listing errors.
-        items = sharding.process_share(items)
-        failures = failures if jax.process_index() == 0 else []
-    mesh = sharding.data_mesh(args.max_devices)
-    segmenter = Segmenter(clip, config, mesh if mesh.size > 1 else None)
-    items, unfit = runner.prepare_items(items, segmenter, console.warn)
-    failures = failures + unfit
+    if args.matmul_precision:
+        jax.config.update("jax_default_matmul_precision", args.matmul_precision)
+    clip = load_clip(args.model, dtype=jax.numpy.dtype(args.dtype))
+    segmenter = Segmenter(clip, config, sharding.data_mesh(args.max_devices))
+    items, failures = plan.prepare_items(dataset.items, segmenter, console.warn)
+    failures = dataset.failures + failures
+    # Batches are planned from the whole list, the same in every process; each process
+    # runs every N-th one and process 0 reports the listing's errors.
+    batch_size = min(args.batch_size, max(1, len(items)))
+    batches = plan.process_batches(plan.plan_batches(items, batch_size), jax.process_index(),
+                                   jax.process_count())
+    if jax.process_index() > 0:
+        failures = []
     for path, reason in failures:
         console.failure(path, reason)
-    summary = runner.run_dataset(items, segmenter, args.out, args.batch_size,
-                                 model_name=args.model,
-                                 extras=[name for name, wanted in (("overlay", args.overlay),
-                                                                   ("maps", args.heatmaps))
-                                         if wanted],
-                                 overwrite=args.overwrite, make_progress=console.progress,
-                                 report=console.failure, refine_workers=args.refine_workers)
-    sharding.barrier("jaxseg-segment-done")
+    summary = runner.run_dataset(
+        batches, segmenter, args.out, batch_size, model_name=args.model,
+        extras=[name for name, wanted in (("overlay", args.overlay), ("maps", args.heatmaps))
+                if wanted],
+        overwrite=args.overwrite, make_progress=console.progress, report=console.failure,
+        refine_workers=args.refine_workers)
     console.bar = None
     failures += summary.failures
-    if not args.quiet:
+    if not args.quiet or summary.interrupted:
         done = len(summary.written)
         rate = done / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
         stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds
@@ -340,6 +301,8 @@ def _run(args, console: _Console) -> int:
         console.line(f"{done} written, {summary.skipped} already complete, {len(failures)} failed "
                      f"in {summary.wall_seconds:.1f} s ({rate:.2f} images/s) -> {args.out}"
                      + (f"; per stage: {stages}" if stages else ""))
+    if summary.interrupted is not None:
+        raise summary.interrupted
     if failures:
         console.line(f"{len(failures)} input(s) failed:")
         for path, reason in failures:
@@ -349,17 +312,23 @@ def _run(args, console: _Console) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status (130 after Ctrl-C, 143 after
+    SIGTERM, with the summary line printed and every finished image kept)."""
     from jaxseg.run.datasets import DatasetError
 
     args = build_parser().parse_args(argv)
-    console = _Console(args.quiet, args.debug)
-    with _warnings_to(console):
+    console = Console(args.quiet, args.debug)
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        signal.signal(signal.SIGTERM, _terminate)
+    with warnings_to(console):
         try:
             return _run(args, console)
-        except KeyboardInterrupt:
-            console.line("interrupted; run the same command again to resume")
-            return 130
+        except KeyboardInterrupt as interrupt:
+            name = "SIGTERM" if isinstance(interrupt, Terminated) else "interrupt"
+            console.line(f"stopped by {name}; run the same command again to resume")
+            return 143 if isinstance(interrupt, Terminated) else 130
         except (UsageError, DatasetError, ValueError, OSError) as error:
             # CheckpointError is a ValueError; OSError: e.g. an output folder that cannot be made.
             if args.debug:
@@ -372,6 +341,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             console.line(f"{PROG}: internal error: {type(error).__name__}: {error} (rerun with "
                          "--debug for the traceback)")
             return 1
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

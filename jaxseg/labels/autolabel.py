@@ -88,6 +88,14 @@ def variant_probabilities(params, canvas, content_hw, vocab_embeds, *, config, d
     return class_scores(params["logit_scale"], embeds, vocab_embeds, softmax=True)
 
 
+def batch_probabilities(params, canvases, content_hw, vocab_embeds, *, config, dtype,
+                        tta: TTAConfig) -> jax.Array:
+    """Pure: ``[I, V, E]`` :func:`variant_probabilities` of a batch of canvases."""
+    return jax.vmap(lambda canvas, hw: variant_probabilities(
+        params, canvas, hw, vocab_embeds, config=config, dtype=dtype, tta=tta))(
+        canvases, content_hw)
+
+
 def auto_labels(clip, image: np.ndarray,
                 vocabulary: Union[str, Sequence[VocabEntry]] = "voc",
                 config: AutoLabelConfig = AutoLabelConfig(), tta: TTAConfig = TTAConfig(),

@@ -6,8 +6,7 @@ canvas, every image's query embeddings padded to a shared power-of-two width
 count within a bucket never recompiles. :func:`tta_program` is the pure device program:
 crop the TTA variants, compute the method's maps, warp them back, average and score them,
 in one program. :func:`unpack_tta` turns its outputs into per-image score maps;
-``jaxseg.maps.native`` is the single-view counterpart. :func:`place` / :func:`replicate`
-put a batch and the parameters on a device mesh.
+``jaxseg.maps.native`` is the single-view counterpart.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxseg.clip.config import CLIPConfig
 from jaxseg.maps import tta as tta_lib
@@ -106,17 +104,3 @@ def unpack_tta(outputs, content: Sequence[tuple[int, int]], images: Sequence[np.
     return [(tta_lib.finish(scores[i, :num_labels[i]], content[i], images[i].shape[:2]),
              tta_lib.finish(background[i][None], content[i], images[i].shape[:2])[0],
              features[i]) for i in range(len(images))]
-
-
-def place(inputs, mesh: Mesh):
-    """Splits a batch's arrays over the ``"data"`` axis of ``mesh`` (their leading axis, a
-    multiple of the mesh size)."""
-    if inputs[0].shape[0] % mesh.size:
-        raise ValueError(f"batch size {inputs[0].shape[0]} must be a multiple of the "
-                         f"{mesh.size} devices")
-    return jax.device_put(inputs, NamedSharding(mesh, PartitionSpec("data")))
-
-
-def replicate(params: Params, mesh: Mesh) -> Params:
-    """The parameters copied to every device of ``mesh``."""
-    return jax.device_put(params, NamedSharding(mesh, PartitionSpec()))

@@ -64,10 +64,19 @@ def class_scores(logit_scale: jax.Array, image_embeds: jax.Array, text_embeds: j
     return logits
 
 
+def classes_per_pass(num_classes: int, batch: int, heads: int, num_tokens: int,
+                     rows_per_block: list[int], budget_mb: float) -> int:
+    """How many classes' attention gradients fit in ``budget_mb`` at once (at least one):
+    each class holds a float32 gradient of every rolled-out block, ``[B, H, Q, N]``."""
+    per_class = 4 * batch * heads * num_tokens * sum(rows_per_block)
+    return int(min(num_classes, max(1, budget_mb * 2 ** 20 // per_class)))
+
+
 def relevance_maps(params: Params, pixel_values: jax.Array, text_embeds: jax.Array, *,
                    config: CLIPConfig, dtype=jnp.float32, start_layer: int = -1,
                    softmax: bool = False, class_mask: Optional[jax.Array] = None,
-                   with_features: bool = False, grid_hw: Optional[jax.Array] = None):
+                   with_features: bool = False, grid_hw: Optional[jax.Array] = None,
+                   gradient_budget_mb: float = 1024.0):
     """Pure relevance function (jit it with the keyword arguments static).
 
     Args:
@@ -81,6 +90,10 @@ def relevance_maps(params: Params, pixel_values: jax.Array, text_embeds: jax.Arr
       with_features: also return dense patch features (see Returns).
       grid_hw: optional int ``[B, 2]``: each image fills only the top-left ``grid_hw[b]``
         patches, the rest is padding no token attends to.
+      gradient_budget_mb: memory for the classes' attention gradients: with an early
+        ``start_layer`` they are ``[K, B, H, N, N]`` per block, so classes then go through
+        the pullback and the rollout a chunk at a time (``jax.lax.map``), as many per chunk
+        as fit (:func:`classes_per_pass`); the maps do not change beyond float rounding.
 
     Returns:
       ``maps [B, K, gh, gw]`` float32, unnormalised; with ``with_features``,
@@ -115,16 +128,28 @@ def relevance_maps(params: Params, pixel_values: jax.Array, text_embeds: jax.Arr
     num_classes = text_embeds.shape[-2]
     one_hots = jnp.eye(num_classes, dtype=jnp.float32)[:, None, :].repeat(batch, axis=1)
     embed_cotangents = jax.vmap(lambda one_hot: score_pullback(one_hot)[0])(one_hots)  # [K, B, P]
-    grads = jax.vmap(lambda cotangent: pullback(cotangent)[0])(embed_cotangents)
 
-    # CLS row of R = (I + Abar_{L-1}) ... (I + Abar_start), rolled out right to left.
-    row = jnp.zeros((num_classes, batch, num_tokens), jnp.float32).at[..., 0].set(1.0)
-    for grad, prob in reversed(list(zip(grads, probs))):
-        abar = jnp.maximum(grad * prob[None], 0.0).mean(axis=2)  # [K, B, Q, N]
-        if abar.shape[2] == 1:  # CLS-only last block: only its row 0 is non-zero.
-            row = row + row[..., :1] * abar[:, :, 0]
-        else:
-            row = row + jnp.einsum("kbi,kbij->kbj", row, abar)
+    def rollout(cotangents):  # [C, B, P] -> CLS rows [C, B, N]
+        grads = jax.vmap(lambda cotangent: pullback(cotangent)[0])(cotangents)
+        # CLS row of R = (I + Abar_{L-1}) ... (I + Abar_start), rolled out right to left.
+        row = jnp.zeros(cotangents.shape[:2] + (num_tokens,), jnp.float32).at[..., 0].set(1.0)
+        for grad, prob in reversed(list(zip(grads, probs))):
+            abar = jnp.maximum(grad * prob[None], 0.0).mean(axis=2)  # [C, B, Q, N]
+            if abar.shape[2] == 1:  # CLS-only last block: only its row 0 is non-zero.
+                row = row + row[..., :1] * abar[:, :, 0]
+            else:
+                row = row + jnp.einsum("kbi,kbij->kbj", row, abar)
+        return row
+
+    chunk = classes_per_pass(num_classes, batch, heads, num_tokens,
+                             [z.shape[2] for z in zeros], gradient_budget_mb)
+    if chunk == num_classes:
+        row = rollout(embed_cotangents)
+    else:
+        chunks = -(-num_classes // chunk)
+        padded = jnp.pad(embed_cotangents, ((0, chunks * chunk - num_classes), (0, 0), (0, 0)))
+        row = jax.lax.map(rollout, padded.reshape((chunks, chunk) + padded.shape[1:]))
+        row = row.reshape((chunks * chunk,) + row.shape[2:])[:num_classes]
     grid_h = pixel_values.shape[1] // config.vision.patch_size
     grid_w = pixel_values.shape[2] // config.vision.patch_size
     maps = row[..., 1:].reshape(num_classes, batch, grid_h, grid_w).transpose(1, 0, 2, 3)

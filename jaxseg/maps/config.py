@@ -8,7 +8,7 @@ from typing import Optional, Union
 # Each method's settings and their defaults; a setting given for no method of the config
 # is an error (it would silently do nothing).
 METHOD_SETTINGS: dict[str, dict[str, object]] = {
-    "chefer": {"start_layer": -1, "softmax": False},
+    "chefer": {"start_layer": -1, "softmax": False, "gradient_budget_mb": 1024.0},
     "clip-es": {"caa": True, "box_threshold": 0.4},
     "naclip": {"sigma": 5.0},
 }
@@ -32,6 +32,9 @@ class RelevanceConfig:
       start_layer: chefer: first vision block of the rollout (-1: the last block only;
         0: all blocks).
       softmax: chefer: differentiate softmax-over-labels scores instead of raw logits.
+      gradient_budget_mb: chefer: memory for the classes' attention gradients; an early
+        ``start_layer`` with many classes and views goes through classes in chunks that
+        fit (``jaxseg.maps.chefer.classes_per_pass``).
       caa: clip-es: refine the Grad-CAM with class-aware attention affinity (False: the
         Grad-CAM itself).
       box_threshold: clip-es: threshold of the affinity's box mask, relative to the CAM's
@@ -43,6 +46,7 @@ class RelevanceConfig:
     weights: Optional[tuple[float, ...]] = None
     start_layer: Optional[int] = None
     softmax: Optional[bool] = None
+    gradient_budget_mb: Optional[float] = None
     caa: Optional[bool] = None
     box_threshold: Optional[float] = None
     sigma: Optional[float] = None
@@ -58,7 +62,8 @@ class RelevanceConfig:
             raise ValueError(f"RelevanceConfig.weights {self.weights} must be one positive "
                              f"weight per method of an ensemble of {len(methods)}")
         used = {name for method in methods for name in METHOD_SETTINGS[method]}
-        for name in ("start_layer", "softmax", "caa", "box_threshold", "sigma"):
+        for name in ("start_layer", "softmax", "gradient_budget_mb", "caa", "box_threshold",
+                     "sigma"):
             if getattr(self, name) is not None and name not in used:
                 owner = next(m for m in METHODS if name in METHOD_SETTINGS[m])
                 raise ValueError(f"RelevanceConfig.{name} is a {owner} setting and means "

@@ -31,7 +31,8 @@ def single_method_maps(method: str, params: Any, pixel_values: jax.Array,
         return chefer.relevance_maps(
             params, pixel_values, text_embeds, config=config, dtype=dtype,
             start_layer=relevance.setting("start_layer"), softmax=relevance.setting("softmax"),
-            class_mask=class_mask, with_features=True, grid_hw=grid_hw)
+            class_mask=class_mask, with_features=True, grid_hw=grid_hw,
+            gradient_budget_mb=relevance.setting("gradient_budget_mb"))
     if method == "clip-es":
         if background_embeds is None:
             raise ValueError("clip-es needs background_embeds [M, P] (the background names' "

@@ -1,17 +1,20 @@
-"""The relevance stage of a batch of images: pack, one device call, one ``device_get``, unpack.
+"""The relevance stage of a batch of images on one device: pack, dispatch, collect.
 
-Both view kinds go through :func:`relevance_batch`: TTA views (``jaxseg.maps.batch``) and
-native views (``jaxseg.maps.native``). The caller (a ``jaxseg.Segmenter``) supplies the
-query embeddings of each image's labels and the compiled programs.
+Both view kinds go through here: TTA views (``jaxseg.maps.batch``) and native views
+(``jaxseg.maps.native``). :func:`dispatch` packs a batch on the host, puts it on one device
+and starts the compiled program there without waiting (JAX dispatches asynchronously);
+:func:`collect` waits for the results (one ``device_get``) and unpacks them per image. A
+caller with several devices dispatches one batch to each before collecting any, so every
+device runs the same single-device program on its own batch, whatever the device count.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import dataclasses
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxseg.maps import batch as batch_lib
 from jaxseg.maps import native as native_lib
@@ -20,17 +23,27 @@ from jaxseg.maps import native as native_lib
 ImageMaps = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def relevance_batch(compiled: Callable[..., Callable], params: Any,
-                    images: Sequence[np.ndarray], queries: Sequence[np.ndarray],
-                    owners: Sequence[np.ndarray], num_labels: Sequence[int],
-                    background: np.ndarray, config, patch: int, batch_size: int,
-                    mesh: Optional[Mesh] = None) -> list[ImageMaps]:
-    """Scores of every image's labels, on TTA or native views.
+@dataclasses.dataclass
+class Pending:
+    """A dispatched batch: the program's device outputs and what unpacking needs."""
+
+    outputs: Any
+    images: Sequence[np.ndarray]
+    num_labels: Sequence[int]
+    view: str
+    content: Any  # TTA: content sizes on the canvases; native: real patch grids
+
+
+def dispatch(compiled: Callable[..., Callable], params: Any, images: Sequence[np.ndarray],
+             queries: Sequence[np.ndarray], owners: Sequence[np.ndarray],
+             num_labels: Sequence[int], background: np.ndarray, config, patch: int,
+             batch_size: int, device: jax.Device) -> Pending:
+    """Starts the scores of every image's labels on ``device``, on TTA or native views.
 
     Args:
       compiled: ``compiled(function, **static)`` -> its jit-compiled program (the CLIP
         handle's ``compiled``).
-      params: CLIP parameters (replicated over ``mesh`` when given).
+      params: CLIP parameters, on ``device``.
       images: uint8 ``[H, W, 3]`` images.
       queries: per image, ``[Q_i, P]`` query embeddings.
       owners: per image, int ``[Q_i]``: each query's label (``scoring.score_maps``).
@@ -38,11 +51,8 @@ def relevance_batch(compiled: Callable[..., Callable], params: Any,
       background: ``[M, P]`` background-name embeddings of clip-es's softmax (M may be 0).
       config: the resolved ``SegmentConfig`` (view, tta, native, relevance, scoring).
       patch: the model's patch size.
-      batch_size: pad the batch to this many images (a multiple of the mesh size).
-      mesh: optional device mesh with a ``"data"`` axis.
-
-    Returns:
-      Per image ``(scores [K_i, H, W], background [H, W], features [gh, gw, P])``.
+      batch_size: pad the batch to this many images (a fixed size: no recompiles).
+      device: where the program runs.
     """
     width = batch_lib.class_bucket(max(len(q) for q in queries))
     label_width = batch_lib.class_bucket(max(1, max(num_labels)))
@@ -57,12 +67,17 @@ def relevance_batch(compiled: Callable[..., Callable], params: Any,
                                         batch_size, width)
         program = compiled(native_lib.native_program, native=config.native,
                            out_shape=native_lib.canvas_shape(images, config.native), **static)
-    if mesh is not None:
-        inputs = batch_lib.place(inputs, mesh)
-        background = jax.device_put(background, NamedSharding(mesh, PartitionSpec()))
-    outputs = jax.device_get(program(params, *inputs, background))
-    if config.view == "tta":
-        return batch_lib.unpack_tta(outputs, content, images, num_labels)
-    grids = inputs[1] if mesh is None else np.asarray(jax.device_get(inputs[1]))
+        content = inputs[1]
+    outputs = program(params, *jax.device_put((*inputs, background), device))
+    return Pending(outputs, images, num_labels, config.view, content)
+
+
+def collect(pending: Pending) -> list[ImageMaps]:
+    """Waits for a dispatched batch: per image ``(scores [K_i, H, W], background [H, W],
+    features [gh, gw, P])`` in image coordinates."""
+    outputs = jax.device_get(pending.outputs)
+    if pending.view == "tta":
+        return batch_lib.unpack_tta(outputs, pending.content, pending.images, pending.num_labels)
     return [(scores, plane, features[:grid[0], :grid[1]]) for (scores, plane, features), grid
-            in zip(native_lib.unpack_native(outputs, images, num_labels), grids)]
+            in zip(native_lib.unpack_native(outputs, pending.images, pending.num_labels),
+                   pending.content)]

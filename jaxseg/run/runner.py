@@ -1,47 +1,50 @@
-"""The dataset run loop: device batches in one thread, refinement and writing in another.
+"""The dataset run loop: a pipeline that keeps every device busy while the host refines.
 
-Structure (so that sharding and a refinement process pool can be added on top):
+1. The batches come planned (``jaxseg.run.plan``); a batch runs when any of its images
+   is incomplete in the output folder (one listing of it), whole, so that it keeps the
+   composition that fixes its masks; its complete images are not written again.
+2. Reader threads decode the images of the next batches.
+3. The device thread dispatches each batch to the next device (``Segmenter.dispatch``,
+   asynchronous; at most ``_IN_FLIGHT`` batches per device) and hands it on.
+4. The collector thread waits for each batch's results (``Segmenter.collect``) and
+   queues its incomplete images for refinement.
+5. The calling thread refines them in a process pool (``jaxseg.run.pool``), a bounded
+   window at a time, and hands the masks to writer threads.
 
-1. :func:`prepare_items` cleans every item's labels once, up front.
-2. :func:`select_work` drops items whose outputs are complete (resuming a run);
-   it is a pure function of the item list and the output folder.
-3. :func:`run_dataset` starts a producer thread that reads images, picks automatic
-   labels, groups images by padded label count (``class_bucket``, so each group
-   reuses one compiled program) and runs :meth:`jaxseg.Segmenter.relevance_stage`
-   on fixed-size batches; the groups' leftovers are batched together at the end.
-   A bounded queue hands the results to the consumer (the calling thread), which
-   refines the images in a :class:`jaxseg.run.sharding.RefinePool` (worker processes,
-   a bounded window) while the device runs ahead, and writes the outputs in order.
-
-Outputs of an image: ``<stem>.png`` (palette mask), ``<stem>_overlay.png`` and
-``<stem>_maps.png`` if asked (``EXTRAS``), and ``<stem>.json`` last; each is written atomically, so an output is
-complete exactly when its JSON (and the files before it) exist, and a killed run
-loses only the images in flight.
+Interrupted by ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM as the command line turns it),
+the run stops taking work, lets the jobs in flight finish, and returns its summary with
+``interrupted`` set: finished images are kept, and writes are atomic, so nothing is left
+half-written.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import os
 import queue
 import threading
 import time
 import traceback
-import warnings
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from jaxseg.maps.batch import class_bucket
 from jaxseg.run import imageio
 from jaxseg.run.datasets import Item
-from jaxseg.run.heatmaps import write_heatmaps
-from jaxseg.run.sharding import RefinePool, device_batch_size
+from jaxseg.run.outputs import EXTRAS, complete_stems, output_names, write_outputs
+from jaxseg.run.pool import RefinePool
 from jaxseg.segmenter import Segmenter, refine_mask
 
-# Device batches allowed to wait for the host: bounds memory yet keeps the device busy.
-_QUEUE_BATCHES = 2
+_IN_FLIGHT = 2  # batches dispatched per device and not yet collected
+_READERS = 4  # image-decoding threads
+_WRITERS = 2  # output-writing threads
+_POLL_SECONDS = 0.1
 _DONE = object()
+# Stands in for an unreadable image, so its batch keeps its composition (and the masks of
+# the others do not change when a file is fixed).
+_PLACEHOLDER = np.zeros((16, 16, 3), np.uint8)
 
 
 @dataclasses.dataclass
@@ -50,11 +53,12 @@ class RunSummary:
 
     Attributes:
       written: stems whose outputs were written, in completion order.
-      skipped: items skipped because their outputs were already complete.
+      skipped: images whose outputs were already complete.
       failures: ``(path, reason)`` of every input that failed.
       stage_seconds: summed per-image seconds of each stage (``read``, ``auto_labels``,
         ``relevance``, ``refine``, ``write``).
       wall_seconds: duration of the run loop.
+      interrupted: the ``KeyboardInterrupt`` (or subclass) that stopped the run, if any.
     """
 
     written: list[str] = dataclasses.field(default_factory=list)
@@ -62,242 +66,215 @@ class RunSummary:
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     wall_seconds: float = 0.0
-
-
-# Optional pictures beside a mask: <stem>_overlay.png (image blended with the mask) and
-# <stem>_maps.png (each label's score map as a heat overlay).
-EXTRAS = ("overlay", "maps")
-
-
-def output_paths(out_dir: str, stem: str, extras: Sequence[str] = ()) -> list[str]:
-    """The files of one output, in writing order (the JSON sidecar last)."""
-    names = ([f"{stem}.png"] + [f"{stem}_{extra}.png" for extra in EXTRAS if extra in extras]
-             + [f"{stem}.json"])
-    return [os.path.join(out_dir, name) for name in names]
-
-
-def is_complete(out_dir: str, stem: str, extras: Sequence[str] = ()) -> bool:
-    """True when every file of the output exists (they are only ever renamed into place whole)."""
-    return all(os.path.isfile(path) for path in output_paths(out_dir, stem, extras))
-
-
-def select_work(items: Sequence[Item], out_dir: str, overwrite: bool = False,
-                extras: Sequence[str] = ()) -> tuple[list[Item], int]:
-    """Items still to run, in input order, and how many were skipped as complete."""
-    todo = [item for item in items if overwrite or not is_complete(out_dir, item.stem, extras)]
-    return todo, len(items) - len(todo)
-
-
-def prepare_items(items: Sequence[Item], segmenter: Segmenter,
-                  warn: Callable[[str], None]) -> tuple[list[Item], list[tuple[str, str]]]:
-    """Prepares every item's labels once, up front (``Segmenter.prepare_labels``: empty
-    and repeated names dropped, over-long ones shortened), sending its warnings to ``warn``.
-
-    Returns the items with prepared labels and ``(path, reason)`` failures (more
-    labels than a palette PNG can index).
-    """
-    prepared, failures = [], []
-    for item in items:
-        if isinstance(item.labels, str):  # "auto": the vocabulary is already clean
-            prepared.append(item)
-            continue
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            names = segmenter.prepare_labels(item.labels)
-        for message in caught:
-            warn(str(message.message))
-        if len(names) > imageio.MAX_LABELS:
-            failures.append((item.path, f"{len(names)} labels; a palette PNG mask holds at "
-                                        f"most {imageio.MAX_LABELS}"))
-        else:
-            prepared.append(item._replace(labels=names))
-    return prepared, failures
+    interrupted: Optional[BaseException] = None
 
 
 @dataclasses.dataclass
-class _Loaded:
+class _Slot:
+    """One image of a batch on its way through the pipeline."""
+
     item: Item
-    image: np.ndarray
-    labels: list[str]
-    label_scores: Optional[list[float]]
-    timings: dict[str, float]
-    dense_auto: bool = False  # labels picked by pixel share (label_scores are shares)
+    fresh: bool  # its outputs are to be written (not already complete)
+    image: Optional[np.ndarray] = None
+    error: Optional[str] = None  # one-line reason, when it failed
+    trace: Optional[str] = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def _load(item: Item, segmenter: Segmenter) -> _Loaded:
+def _read(item: Item, fresh: bool) -> _Slot:
+    slot = _Slot(item, fresh)
     start = time.perf_counter()
-    image = imageio.read_image(item.path)
-    timings = {"read": time.perf_counter() - start}
-    if isinstance(item.labels, str):
-        start = time.perf_counter()
-        [(names, scores)] = segmenter.auto_labels([image])
-        timings["auto_labels"] = time.perf_counter() - start
-        return _Loaded(item, image, names, scores, timings,
-                       dense_auto=segmenter.config.auto.rule == "dense")
-    return _Loaded(item, image, list(item.labels), None, timings)
-
-
-def _produce(work: Sequence[Item], segmenter: Segmenter, batch_size: int,
-             handoff: queue.Queue, stop: threading.Event) -> None:
-    """Producer thread: loads images, batches them by label bucket, runs the device stage."""
-
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def dispatch(batch: list[_Loaded]) -> bool:
-        start = time.perf_counter()
-        try:
-            outputs = segmenter.relevance_stage([b.image for b in batch],
-                                                [b.labels for b in batch], batch_size)
-        except Exception as error:  # noqa: BLE001 - reported per image; the run goes on.
-            return all(put((b.item, error, traceback.format_exc())) for b in batch)
-        share = (time.perf_counter() - start) / len(batch)
-        for loaded, output in zip(batch, outputs):
-            loaded.timings["relevance"] = share
-            if not put((loaded, output)):
-                return False
-        return True
-
-    pending: dict[int, list[_Loaded]] = {}
     try:
-        for item in work:
-            if stop.is_set():
+        slot.image = imageio.read_image(item.path)
+    except Exception as error:  # noqa: BLE001 - reported per image; the run goes on.
+        _fail(slot, error)
+    slot.timings["read"] = time.perf_counter() - start
+    return slot
+
+
+def _fail(slot: _Slot, error: BaseException) -> None:
+    slot.error = error.reason if isinstance(error, imageio.ImageReadError) else (
+        f"{type(error).__name__}: {' '.join(str(error).split())}")
+    slot.trace = "".join(traceback.format_exception(error))
+
+
+def _put(target: queue.Queue, entry, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            target.put(entry, timeout=_POLL_SECONDS)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _feed(work: Sequence[list[Item]], done: set, segmenter: Segmenter, batch_size: int,
+          handoff: queue.Queue, stop: threading.Event) -> None:
+    """Device thread: reads ahead, dispatches each batch to the next device."""
+    reads: collections.deque = collections.deque()
+    batches = iter(work)
+    with concurrent.futures.ThreadPoolExecutor(_READERS, "jaxseg-read") as readers:
+
+        def read_ahead() -> None:
+            for batch in batches:
+                reads.append([readers.submit(_read, item, item.stem not in done)
+                              for item in batch])
                 return
-            try:
-                loaded = _load(item, segmenter)
-            except Exception as error:  # noqa: BLE001 - reported per image; the run goes on.
-                if not put((item, error, traceback.format_exc())):
+
+        try:
+            for _ in range(_IN_FLIGHT * len(segmenter.devices)):
+                read_ahead()
+            index = 0
+            while reads and not stop.is_set():
+                slots = [future.result() for future in reads.popleft()]
+                read_ahead()
+                images = [_PLACEHOLDER if slot.error else slot.image for slot in slots]
+                labels = [[] if slot.error else slot.item.labels for slot in slots]
+                try:
+                    pending = segmenter.dispatch(images, labels, batch_size, index)
+                except Exception as error:  # noqa: BLE001 - reported per image.
+                    for slot in slots:
+                        if not slot.error:
+                            _fail(slot, error)
+                    pending = None
+                index += 1
+                if not _put(handoff, (slots, pending), stop):
                     return
-                continue
-            bucket = class_bucket(len(loaded.labels)) if loaded.labels else 0
-            pending.setdefault(bucket, []).append(loaded)
-            if (bucket == 0 or len(pending[bucket]) == batch_size) and not dispatch(
-                    pending.pop(bucket)):
-                return
-        # Leftover groups share batches (classes padded to the largest bucket among them):
-        # fewer padded device slots than one part-empty batch per group.
-        leftovers = [loaded for bucket in sorted(pending) for loaded in pending[bucket]]
-        for start in range(0, len(leftovers), batch_size):
-            if not dispatch(leftovers[start:start + batch_size]):
-                return
+        finally:
+            for futures in reads:
+                for future in futures:
+                    future.cancel()
+            _put(handoff, _DONE, stop)
+
+
+def _collect(segmenter: Segmenter, handoff: queue.Queue, jobs: queue.Queue,
+             stop: threading.Event) -> None:
+    """Collector thread: waits for each batch's results, queues its fresh images."""
+    try:
+        while (entry := handoff.get()) is not _DONE:
+            slots, pending = entry
+            outputs = [None] * len(slots)
+            if pending is not None:
+                try:
+                    outputs = segmenter.collect(pending)
+                except Exception as error:  # noqa: BLE001 - reported per image.
+                    for slot in slots:
+                        if not slot.error:
+                            _fail(slot, error)
+            for slot, output in zip(slots, outputs):
+                if slot.fresh and not _put(jobs, (slot, output), stop):
+                    return
     finally:
-        put(_DONE)
+        _put(jobs, _DONE, stop)
 
 
-def _write(loaded: _Loaded, mask: np.ndarray, scores: Optional[np.ndarray], out_dir: str,
-           model_name: str, extras: Sequence[str]) -> dict[str, float]:
-    """Writes mask, pictures and sidecar (last) of one image; returns its stage timings."""
-    timings = loaded.timings
-    start = time.perf_counter()
-    paths = iter(output_paths(out_dir, loaded.item.stem, extras))
-    fractions = imageio.label_fractions(mask, loaded.labels)
-    imageio.write_mask(next(paths), mask)
-    if "overlay" in extras:
-        imageio.write_overlay(next(paths), loaded.image, mask, loaded.labels, fractions)
-    if "maps" in extras:
-        write_heatmaps(next(paths), loaded.image, scores, loaded.labels)
-    timings["write"] = time.perf_counter() - start
-    sidecar = {"labels": loaded.labels, "fractions": fractions, "image": loaded.item.path,
-               "image_size": list(mask.shape), "model": model_name,
-               "timings": {name: round(seconds, 4) for name, seconds in timings.items()}}
-    if loaded.label_scores is not None:
-        # Image-level automatic labels record CLIP's probability, dense ones the pixel share.
-        key = "label_shares" if loaded.dense_auto else "label_scores"
-        sidecar[key] = {name: round(score, 6)
-                        for name, score in zip(loaded.labels, loaded.label_scores)}
-    imageio.write_json(next(paths), sidecar)
-    return timings
-
-
-def run_dataset(items: Sequence[Item], segmenter: Segmenter, out_dir: str,
-                batch_size: int = 8, *, model_name: str = "", extras: Sequence[str] = (),
+def run_dataset(batches: Sequence[list[Item]], segmenter: Segmenter, out_dir: str,
+                batch_size: int, *, model_name: str = "", extras: Sequence[str] = (),
                 overwrite: bool = False, make_progress: Optional[Callable[[int], object]] = None,
                 report: Optional[Callable[[str, str, Optional[str]], None]] = None,
                 refine_workers: Optional[int] = 0) -> RunSummary:
-    """Segments every item not yet complete in ``out_dir``.
+    """Segments every planned image not yet complete in ``out_dir``.
 
     Args:
-      items: ``(stem, path, labels)`` with prepared labels (see :func:`prepare_items`).
-      segmenter: the ``jaxseg.Segmenter`` whose stages the run schedules (its mesh, if
-        any, splits each device batch).
+      batches: this process's batches (``jaxseg.run.plan``), items with prepared labels.
+      segmenter: the ``jaxseg.Segmenter`` whose stages the run schedules (on its devices).
       out_dir: output folder (created; stale temporary files in it are deleted).
-      batch_size: images per device call, at most (never more than the images to run;
-        the last batch of a label group is padded).
+      batch_size: images per device call (batches are padded to it).
       model_name: written to each sidecar's ``"model"``.
       extras: pictures to write beside each mask, from ``EXTRAS``.
       overwrite: redo complete outputs too.
       make_progress: optional ``make_progress(total)`` -> an object with ``update(n)`` and
         ``close()`` (e.g. a tqdm bar), advanced once per image.
       report: called as ``report(path, reason, traceback_text)`` for each failure.
-      mesh: optional device mesh (``jaxseg.run.sharding.data_mesh``); the batch size is
-        rounded up to a multiple of its devices.
-      refine_workers: refinement worker processes (0: inline in this thread; None:
-        one per core). A run of one image always refines inline.
+      refine_workers: refinement worker processes (0: in this thread; None: the pool's
+        default). A run of one image always refines in this thread.
 
     Returns:
       A :class:`RunSummary`.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     os.makedirs(out_dir, exist_ok=True)
-    imageio.remove_stale_temporaries(out_dir, {
-        os.path.basename(path) for item in items
-        for path in output_paths(out_dir, item.stem, EXTRAS)})
-    work, skipped = select_work(items, out_dir, overwrite, extras)
-    summary = RunSummary(skipped=skipped)
-    batch_size = device_batch_size(min(batch_size, max(1, len(work))), segmenter.mesh)
-    progress = make_progress(len(work)) if make_progress is not None else None
+    stems = [item.stem for batch in batches for item in batch]
+    imageio.remove_stale_temporaries(out_dir, {name for stem in stems
+                                               for name in output_names(stem, EXTRAS)})
+    done = set() if overwrite else complete_stems(out_dir, stems, extras)
+    work = [batch for batch in batches if any(item.stem not in done for item in batch)]
+    summary = RunSummary(skipped=len(done))
+    fresh = len(stems) - len(done)
+    progress = make_progress(fresh) if make_progress is not None else None
     started = time.perf_counter()
-    handoff: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES * batch_size)
     stop = threading.Event()
-    producer = threading.Thread(target=_produce, args=(work, segmenter, batch_size, handoff, stop),
-                                name="jaxseg-device", daemon=True)
+    handoff: queue.Queue = queue.Queue(maxsize=_IN_FLIGHT * len(segmenter.devices))
+    jobs: queue.Queue = queue.Queue(maxsize=2 * batch_size)
+    threads = [threading.Thread(target=_feed, name="jaxseg-device", daemon=True,
+                                args=(work, done, segmenter, batch_size, handoff, stop)),
+               threading.Thread(target=_collect, name="jaxseg-collect", daemon=True,
+                                args=(segmenter, handoff, jobs, stop))]
+    writes: collections.deque = collections.deque()
 
-    def fail(item: Item, error: BaseException, trace: Optional[str]) -> None:
-        reason = error.reason if isinstance(error, imageio.ImageReadError) else (
-            f"{type(error).__name__}: {' '.join(str(error).split())}")
-        summary.failures.append((item.path, reason))
-        if report is not None:
-            report(item.path, reason, trace)
+    def finish(slot: _Slot, error: Optional[BaseException] = None) -> None:
+        if error is not None:
+            _fail(slot, error)
+        if slot.error:
+            summary.failures.append((slot.item.path, slot.error))
+            if report is not None:
+                report(slot.item.path, slot.error, slot.trace)
+        else:
+            summary.written.append(slot.item.stem)
+            for stage, seconds in slot.timings.items():
+                summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + seconds
+        if progress is not None:
+            progress.update(1)
+
+    def drain(block: bool) -> None:
+        while writes and (block or writes[0][1].done() or len(writes) > 2 * _WRITERS):
+            slot, future = writes.popleft()
+            error = future.exception()
+            if error is None:
+                slot.timings = future.result()
+            finish(slot, error)
 
     def refine_jobs():
-        # Producer failures are reported here, in order; good entries go to the pool.
-        while (entry := handoff.get()) is not _DONE:
-            if isinstance(entry[1], BaseException):
-                fail(*entry)
-                if progress is not None:
-                    progress.update(1)
-            else:
-                loaded, output = entry
-                # Score maps are kept for the heat-map picture only.
-                yield (loaded, output.scores if "maps" in extras else None), (
-                    loaded.image, output, segmenter.config)
+        while (entry := jobs.get()) is not _DONE:
+            slot, output = entry
+            if slot.error:
+                finish(slot)
+                continue
+            slot.timings.update(output.timings)
+            # Score maps are kept for the heat-map picture only.
+            yield (slot, output, output.scores if "maps" in extras else None), (
+                slot.image, output, segmenter.config)
 
-    producer.start()
+    for thread in threads:
+        thread.start()
     try:
-        with RefinePool(0 if len(work) <= 1 else refine_workers) as pool:
-            for (loaded, scores), future in pool.imap(refine_mask, refine_jobs()):
+        with RefinePool(0 if fresh <= 1 else refine_workers) as pool, \
+                concurrent.futures.ThreadPoolExecutor(_WRITERS, "jaxseg-write") as writers:
+            for (slot, output, scores), future in pool.imap(refine_mask, refine_jobs()):
                 try:
-                    mask, loaded.timings["refine"] = future.result()
-                    timings = _write(loaded, mask, scores, out_dir, model_name, extras)
-                except Exception as error:  # noqa: BLE001 - reported per image; the run goes on.
-                    fail(loaded.item, error, traceback.format_exc())
-                else:
-                    summary.written.append(loaded.item.stem)
-                    for stage, seconds in timings.items():
-                        total = summary.stage_seconds.get(stage, 0.0)
-                        summary.stage_seconds[stage] = total + seconds
-                if progress is not None:
-                    progress.update(1)
+                    mask, slot.timings["refine"] = future.result()
+                except Exception as error:  # noqa: BLE001 - reported per image.
+                    finish(slot, error)
+                    continue
+                sidecar = {"model": model_name}
+                if output.label_scores is not None:
+                    # Image-level automatic labels record CLIP's probability, dense ones the
+                    # share of pixels each label won.
+                    key = ("label_shares" if segmenter.config.auto.rule == "dense"
+                           else "label_scores")
+                    sidecar[key] = {name: round(score, 6)
+                                    for name, score in zip(output.labels, output.label_scores)}
+                writes.append((slot, writers.submit(
+                    write_outputs, out_dir, slot.item, slot.image, mask, output.labels, scores,
+                    extras, sidecar, slot.timings)))
+                drain(block=False)
+            drain(block=True)
+    except KeyboardInterrupt as interrupt:
+        summary.interrupted = interrupt
+        drain(block=True)
     finally:
         stop.set()
-        producer.join(timeout=5.0)
+        for thread in threads:
+            thread.join(timeout=10.0)
         if progress is not None:
             progress.close()
     summary.wall_seconds = time.perf_counter() - started

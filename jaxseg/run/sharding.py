@@ -1,63 +1,49 @@
-"""Scaling a dataset run: devices of one host, several hosts, and a refinement process pool.
+"""Scaling a dataset run: the devices of one host, several hosts.
 
-Pseudo-labelling a dataset is embarrassingly parallel: every image is segmented on
-its own, so no step ever needs data from another image or another host. The
-layout follows from that:
+Pseudo-labelling a dataset is embarrassingly parallel: every image is segmented on its
+own, so no step needs data from another image or another host. The layout follows:
 
-- **Devices of one host** (:func:`data_mesh`, :func:`device_batch_size`): a
-  ``jax.sharding.Mesh`` over this process's local devices with one ``"data"``
-  axis. ``relevance_tta_batch(..., mesh=mesh)`` places each padded batch of
-  images (and with it their TTA variants) with ``NamedSharding(mesh, P("data"))``
-  and the parameters replicated, so XLA's SPMD partitioner compiles one program
-  per shape bucket that runs on every device at once, without collectives.
-- **Several hosts** (:func:`initialize_distributed`, :func:`process_share`,
-  :func:`barrier`): ``jax.distributed.initialize`` connects the processes
-  (coordination service, ``jax.process_index()``/``process_count()``, health
-  checks). Each process then takes a disjoint, deterministic share of the
-  dataset and shards it over its *own* devices only. A global mesh would make
-  every batch a cross-host program, so each host would wait for the slowest one
-  at every step, and it would gain nothing because no result crosses images.
-  The only cross-host operation is the final :func:`barrier`. Outputs are
-  named by image stem and shares are disjoint, so processes writing into one
-  folder never collide, and the per-image resume rules still hold.
-- **Host refinement** (:class:`RefinePool`): graph cut and distillation run in
-  worker processes while the device computes relevance for the next batches,
-  with a bounded number of images in flight so memory does not grow with the
-  dataset.
+- **Devices of one host** (:func:`data_mesh`): the ``jaxseg.Segmenter`` shares its batches
+  round-robin among this process's local devices, each running the same compiled
+  single-device program on its own batch (no SPMD partitioning, no collectives), so an
+  image's mask does not depend on the device count.
+- **Several hosts** (:func:`initialize_distributed`, :func:`barrier`):
+  ``jax.distributed.initialize`` connects the processes; each runs a disjoint share of the
+  planned batches (``jaxseg.run.plan``) on its *own* devices. A global mesh would make
+  every batch a cross-host program and gain nothing, since no result crosses images. The
+  only cross-host operation is the final :func:`barrier`, which every process reaches
+  also after an error.
+- **Launchers**: SLURM and Open MPI start one process per node (all its GPUs) or one per
+  GPU; :func:`local_device_ids` tells ``jax.distributed`` which, since by itself it gives
+  every process the one GPU of its local rank. Cloud TPU VMs are found through JAX's own
+  detection (the TPU VM metadata server, or GKE's ``TPU_WORKER_HOSTNAMES``).
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import multiprocessing
+import glob
 import os
 import re
-from typing import Any, Callable, Hashable, Iterable, Iterator, Optional, Sequence, TypeVar
+from typing import Callable, Mapping, Optional
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-Item = TypeVar("Item")
-Tag = TypeVar("Tag")
-
+BARRIER_TIMEOUT_S = 3600  # a backstop: a dead peer is normally reported by JAX at once
 _ADDRESS = re.compile(r"^\[?[\w.:-]+\]?:\d{1,5}$")
 
 
-def detect_cluster() -> Optional[str]:
-    """The multi-process launcher this process runs under, from its environment, or None.
+def detect_cluster(env: Mapping[str, str] = os.environ) -> Optional[str]:
+    """The multi-process launcher this process runs under, or None.
 
-    Cheap (environment variables only) and conservative: a launcher is reported
-    only when it started more than one process, so a one-task SLURM job or a
-    single TPU VM stays a plain single-process run.
+    Conservative: SLURM and Open MPI are reported only when they started more than one
+    process, so a one-task job stays a plain single-process run.
 
     Returns:
-      ``"slurm"`` (an ``srun`` step of several tasks), ``"openmpi"`` (``mpirun``
-      with several ranks), ``"tpu"`` (a multi-host Cloud TPU slice that exports
-      its worker list) or ``None``.
+      ``"slurm"`` (an ``srun`` step of several tasks), ``"openmpi"`` (``mpirun`` with
+      several ranks), ``"tpu"`` (a Cloud TPU VM, whose slice JAX discovers itself) or None.
     """
-    env = os.environ
 
     def count(name: str) -> int:
         try:
@@ -71,10 +57,49 @@ def detect_cluster() -> Optional[str]:
         return "slurm"
     if "OMPI_MCA_orte_hnp_uri" in env and count("OMPI_COMM_WORLD_SIZE") > 1:
         return "openmpi"
-    workers = env.get("TPU_PROCESS_ADDRESSES") or env.get("TPU_WORKER_HOSTNAMES") or ""
-    if len([host for host in workers.split(",") if host.strip()]) > 1:
+    from jax._src import cloud_tpu_init  # set when jax was imported on a TPU VM
+
+    if (cloud_tpu_init.running_in_cloud_tpu_vm or env.get("TPU_PROCESS_ADDRESSES")
+            or env.get("TPU_WORKER_HOSTNAMES")):
         return "tpu"
     return None
+
+
+def _tasks_on_this_node(launcher: str, env: Mapping[str, str]) -> int:
+    """How many processes the launcher started on this node."""
+    if launcher == "openmpi":
+        return int(env.get("OMPI_COMM_WORLD_LOCAL_SIZE", "1"))
+    # SLURM_STEP_TASKS_PER_NODE is e.g. "2(x3),1": this node's entry by SLURM_NODEID.
+    counts = []
+    for part in env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "1")).split(","):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if match:
+            counts += [int(match.group(1))] * int(match.group(2) or 1)
+    node = int(env.get("SLURM_NODEID", "0"))
+    return counts[node] if node < len(counts) else 1
+
+
+def visible_gpus(env: Mapping[str, str] = os.environ) -> int:
+    """GPUs this process may use, known without starting CUDA: ``CUDA_VISIBLE_DEVICES``,
+    else the NVIDIA driver's list of GPUs (0 when neither says)."""
+    if env.get("CUDA_VISIBLE_DEVICES") is not None:
+        return len([gpu for gpu in env["CUDA_VISIBLE_DEVICES"].split(",") if gpu.strip()])
+    return len(glob.glob("/proc/driver/nvidia/gpus/*"))
+
+
+def local_device_ids(launcher: Optional[str], env: Mapping[str, str] = os.environ,
+                     gpus: Callable[[Mapping[str, str]], int] = visible_gpus
+                     ) -> Optional[list[int]]:
+    """The GPUs ``jax.distributed`` should give this process.
+
+    One process on this node (``srun --ntasks-per-node 1``, ``mpirun --npernode 1``): every
+    visible GPU. Several: None, JAX's rule of one GPU per process (its local rank). TPUs and
+    CPUs: None (JAX never restricts them).
+    """
+    if launcher not in ("slurm", "openmpi") or _tasks_on_this_node(launcher, env) != 1:
+        return None
+    count = gpus(env)
+    return list(range(count)) if count > 0 else None
 
 
 def _backends_initialized() -> bool:
@@ -92,8 +117,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     With all three explicit arguments, ``jax.distributed.initialize`` connects to
     (process 0: starts) the coordinator at ``coordinator_address``. With none of
     them and ``auto``, it initialises with JAX's own cluster detection when
-    :func:`detect_cluster` finds a multi-process launcher (SLURM, Open MPI, Cloud
-    TPU slice). Otherwise nothing happens and the run is a single process.
+    :func:`detect_cluster` finds a launcher (SLURM, Open MPI, Cloud TPU VM), giving each
+    process its GPUs by :func:`local_device_ids`. Otherwise nothing happens and the run is
+    a single process.
 
     On CPU, cross-process collectives (only :func:`barrier` uses them) are JAX's
     default gloo TCP implementation (``jax_cpu_collectives_implementation``).
@@ -138,7 +164,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
         jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                    initialization_timeout=timeout_s)
     else:
-        jax.distributed.initialize(initialization_timeout=timeout_s)
+        jax.distributed.initialize(local_device_ids=local_device_ids(detect_cluster()),
+                                   initialization_timeout=timeout_s)
     return True
 
 
@@ -156,163 +183,14 @@ def data_mesh(max_devices: Optional[int] = None) -> Mesh:
     return Mesh(np.asarray(devices), ("data",))
 
 
-def device_batch_size(batch_size: int, mesh: Optional[Mesh]) -> int:
-    """``batch_size`` rounded up to a multiple of the mesh's device count (one share each)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    devices = 1 if mesh is None else mesh.size
-    return -(-batch_size // devices) * devices
-
-
-def share_key(item: Any) -> str:
-    """Sort key of a dataset item: its stem (first element of a tuple, e.g. ``Item``), or
-    the file stem of a path."""
-    if isinstance(item, tuple):
-        return str(item[0])
-    if isinstance(item, (str, os.PathLike)):
-        return os.path.splitext(os.path.basename(os.fspath(item)))[0]
-    return str(item)
-
-
-def process_share(items: Iterable[Item], process_index: Optional[int] = None,
-                  process_count: Optional[int] = None,
-                  key: Callable[[Any], Hashable] = share_key) -> list[Item]:
-    """This process's disjoint, deterministic share of ``items``.
-
-    Items are sorted by ``key`` (ties by their ``repr``), so every process
-    computes the same order whatever order it listed them in, and process ``i``
-    takes every ``count``-th item from ``i``. The shares are disjoint, cover all
-    items and differ in size by at most one.
-
-    Args:
-      items: the whole dataset, the same set on every process.
-      process_index, process_count: default ``jax.process_index()`` and
-        ``jax.process_count()`` (1 process unless :func:`initialize_distributed` ran).
-      key: stable per-item sort key (default :func:`share_key`).
-    """
-    index = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"process_index {index} is outside 0 .. {count - 1}")
-    ordered = sorted(items, key=lambda item: (key(item), repr(item)))
-    return ordered[index::count]
-
-
-def barrier(name: str) -> None:
+def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
     """Waits until every process reached ``barrier(name)``; a no-op for one process.
 
-    Uses a tiny all-gather over all processes' devices (``sync_global_devices``),
-    so the processes must call the same barriers in the same order.
+    Uses the coordination service of ``jax.distributed`` with a timeout, so a process
+    never waits forever for a peer that died; the processes must call the same barriers in
+    the same order.
     """
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
+        from jax._src import distributed
 
-
-def default_workers() -> int:
-    """Cores this process may run on (its CPU affinity, which SLURM and taskset narrow)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-# Settings copied from the parent into each worker: its persistent compilation
-# cache, so workers of a later run load the refinement programs instead of compiling.
-_WORKER_CONFIG = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",
-                  "jax_persistent_cache_min_compile_time_secs",
-                  "jax_persistent_cache_min_entry_size_bytes")
-
-
-def _init_worker(config: dict) -> None:
-    # Refinement uses JAX too; a worker must not open the accelerator (a TPU
-    # admits one process, a GPU would be preallocated once per worker).
-    jax.config.update("jax_platforms", "cpu")
-    for name, value in config.items():
-        jax.config.update(name, value)
-
-
-class RefinePool:
-    """Runs host work (refinement) in worker processes, a bounded window at a time.
-
-    Workers are started with the ``"spawn"`` method: forking a process that has
-    initialised JAX copies its runtime threads' locks in whatever state they are
-    in, and the child can deadlock; spawned workers start a fresh interpreter and
-    run JAX on the CPU, with the parent's persistent compilation cache settings
-    (so configure that cache before creating the pool). Jobs and results are
-    pickled, so the function must be defined at module level (e.g.
-    :func:`jaxseg.pipeline.refine_stage`).
-
-    Use as a context manager; ``workers=0`` runs every job inline in the calling
-    thread (no processes, the same results).
-
-    Args:
-      workers: worker processes; None: one per core (:func:`default_workers`).
-      max_in_flight: jobs submitted but not yet handed back, at most (default
-        ``2 * workers``, enough to keep every worker busy); bounds the images and
-        score maps held in memory.
-    """
-
-    def __init__(self, workers: Optional[int] = None, max_in_flight: Optional[int] = None):
-        self.workers = default_workers() if workers is None else workers
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0 (0: refine inline), got {workers}")
-        self.max_in_flight = 2 * max(1, self.workers) if max_in_flight is None else max_in_flight
-        if self.max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        self._executor = None
-        if self.workers:
-            parent_config = {name: jax.config.values[name] for name in _WORKER_CONFIG}
-            self._executor = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(parent_config,))
-
-    def __enter__(self) -> "RefinePool":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stops the workers (waits for running jobs, drops queued ones)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-
-    def _submit(self, function: Callable, args: Sequence) -> concurrent.futures.Future:
-        if self._executor is not None:
-            return self._executor.submit(function, *args)
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        try:
-            future.set_result(function(*args))
-        except Exception as error:  # noqa: BLE001 - handed to the caller through the future.
-            future.set_exception(error)
-        return future
-
-    def imap(self, function: Callable, jobs: Iterable[tuple[Tag, Sequence]]
-             ) -> Iterator[tuple[Tag, concurrent.futures.Future]]:
-        """Runs ``function(*args)`` for each ``(tag, args)``; yields ``(tag, future)`` in order.
-
-        ``jobs`` is read lazily: a job is taken only while fewer than
-        ``max_in_flight`` are pending, so a generator fed by the device stage is
-        throttled by the refinement (a bounded queue end to end). Each yielded
-        future is done; ``future.result()`` returns the value or raises the job's
-        own error, so one failing image does not stop the others.
-        """
-        pending: collections.deque = collections.deque()
-        jobs = iter(jobs)
-        exhausted = False
-        while True:
-            # Take more work until the window is full, or hand back a finished one first.
-            while (not exhausted and len(pending) < self.max_in_flight
-                   and not (pending and pending[0][1].done())):
-                try:
-                    tag, args = next(jobs)
-                except StopIteration:
-                    exhausted = True
-                    break
-                pending.append((tag, self._submit(function, args)))
-            if not pending:
-                return
-            tag, future = pending.popleft()
-            concurrent.futures.wait([future])
-            yield tag, future
+        distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)

@@ -1,0 +1,86 @@
+"""A dataset run killed any way leaves no process behind and resumes to the same outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_segment_cli import FAST, REPO, comparable, random_images
+
+from jaxseg.cli import segment
+
+GROUP_GRACE_S = 15
+
+
+def group_members(group: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, tiny_checkpoint):
+    """A folder dataset of 8 images and its uninterrupted outputs."""
+    root = tmp_path_factory.mktemp("signals")
+    paths = random_images(root / "data" / "images", 8)
+    (root / "data" / "labels.json").write_text(json.dumps(
+        {f"img{i}": [["cat"], ["cat", "dog"], [], ["dog", "sofa", "cat"]][i % 4]
+         for i in range(len(paths))}))
+    common = [*FAST, "--dataset", "folder", "--root", str(root / "data"), "--batch-size", "2",
+              "--model", tiny_checkpoint[0], "--quiet"]
+    assert segment.main([*common, "--no-compile-cache", "--out", str(root / "reference")]) == 0
+    return root, common
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_killed_run_leaves_no_process_and_resumes_to_the_same_outputs(dataset, tmp_path,
+                                                                       signum):
+    root, common = dataset
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jaxseg.segment", *common, "--refine-workers", "2",
+         "--compile-cache", str(cache), "--out", str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not (out.is_dir() and any(name.endswith(".json") for name in os.listdir(out))):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no output within 180 s"
+        time.sleep(0.02)
+    assert len(group_members(process.pid)) >= 3  # the run and its two refinement workers
+    process.send_signal(signum)
+    status = process.wait(timeout=60)
+    err = process.stderr.read().decode()
+    process.stderr.close()
+    deadline = time.monotonic() + GROUP_GRACE_S
+    while group_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert group_members(process.pid) == [], "processes of the run outlived it"
+    if signum == signal.SIGKILL:
+        assert status == -signal.SIGKILL
+    else:
+        assert status == (143 if signum == signal.SIGTERM else 130), err
+        assert "already complete" in err and "run the same command again" in err, err
+        assert not [name for name in os.listdir(out) if ".tmp-" in name]
+    finished = sum(name.endswith(".json") for name in os.listdir(out))
+    assert 0 < finished <= 8
+    assert os.listdir(cache), "the compilation cache is written as programs compile"
+    (out / ".img7.png.tmp-424242").write_bytes(b"left by a killed run")
+    assert segment.main([*common, "--no-compile-cache", "--out", str(out)]) == 0
+    assert comparable(out) == comparable(root / "reference")
