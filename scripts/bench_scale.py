@@ -1,224 +1,164 @@
-"""Dataset throughput vs (virtual) devices, refinement workers and device/host overlap.
+"""Dataset throughput: host core-seconds and device seconds per image, and a projection.
 
-Segments the first N coco-dev images with VOC labels (images without any are
-skipped) at the real TTA and refinement defaults, with a random mid-size CLIP
-(ViT with 192-wide, 6-block vision tower, 16 px patches, 224 px input; no
-download) because ViT-B/16 is too slow on a small CPU for many configurations.
-Each device count runs in a fresh subprocess with
-``XLA_FLAGS=--xla_force_host_platform_device_count=D`` and a ``data_mesh`` over
-them. In each, for every worker count:
+Per image, on coco-dev photos resized to 500 x 375 with K = 3 VOC labels (each image's
+own VOC labels, topped up with other VOC classes), a random ViT-B/16 (no download) and
+the default configuration:
 
-  overlap off   per batch: device stage (relevance), then refine its images in the
-                pool and wait; the device idles while the host refines
-  overlap on    a thread runs the device stage into a bounded queue while the
-                pool refines earlier images (RefinePool.imap)
+  decode   imageio.read_image of the JPEG (host)
+  device   Segmenter.relevance_stage in batches of --batch-size; this CPU stands in for
+           the accelerator (its own FLOPs give the accelerator estimate below)
+  refine   the host stage as it runs now (segmenter.refine_mask)
+  cut      the part that has to stay on a host once distillation runs on the device
+           (issue 18, not done yet): the final graph cut at refinement size
+  write    run.outputs.write_outputs (mask PNG + JSON sidecar)
 
-Programs are compiled and the workers warmed up before timing. Mask digests of
-every run are compared: all must be identical. Prints a markdown table.
+Host figures are core-seconds (``time.process_time``: every thread's CPU time). The
+projection is images/s = min(worker cores / host core-seconds, devices / device seconds)
+for hosts of 16 and 224 cores (two kept for feeding and writing) and 1 and 8 devices, with
+the accelerator's time per image estimated as the program's FLOPs (XLA cost analysis) at
+``--device-tflops`` sustained (default 200: an H100/H200-class GPU in bfloat16 at about
+a quarter of its peak). Then VOC trainaug (10,582 images) wall times.
 
-  python scripts/bench_scale.py [--images 16] [--devices 1 2 4] [--workers 1 2]
+  python scripts/bench_scale.py [--images 8] [--batch-size 8] [--device-tflops 200]
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import queue
-import subprocess
+import statistics
 import sys
 import tempfile
-import threading
 import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import benchlib  # noqa: E402, F401 - puts tests/ on the path
+from checkpoints import VIT_B_TEXT, VIT_B16_VISION, make_checkpoint  # noqa: E402
+from jaxseg.clip.handle import load_clip  # noqa: E402
+from jaxseg.imaging import resize_image, resize_maps  # noqa: E402
+from jaxseg.labels.vocab import VOC_CLASSES  # noqa: E402
+from jaxseg.maps import batch as batch_lib  # noqa: E402
+from jaxseg.refinement.refine import graph_cut  # noqa: E402
+from jaxseg.refinement.seeds import score_probabilities  # noqa: E402
+from jaxseg.run import imageio  # noqa: E402
+from jaxseg.run.datasets import Item  # noqa: E402
+from jaxseg.run.outputs import write_outputs  # noqa: E402
+from jaxseg.segmenter import Segmenter, refine_mask  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO_DEV = os.path.join(ROOT, "..", "shared", "data", "coco-dev")
-MID_VISION = dict(hidden_size=192, intermediate_size=768, num_attention_heads=3,
-                  num_hidden_layers=6, image_size=224, patch_size=16)
-MID_TEXT = dict(hidden_size=128, intermediate_size=512, num_attention_heads=2,
-                num_hidden_layers=2, max_position_embeddings=77)
-BATCH = 4  # images per device call (rounded up to a multiple of the devices)
+TRAINAUG = 10582
 
 
-def coco_dev_items(count: int) -> list[tuple[str, str, list[str]]]:
-    """The first ``count`` coco-dev images that have VOC labels: ``(stem, path, labels)``."""
+def photos(count: int, folder: str) -> list[tuple[str, list[str]]]:
+    """``(path, 3 labels)`` of the first coco-dev images with VOC labels, as 500x375 JPEGs."""
     labels = json.load(open(os.path.join(COCO_DEV, "labels_voc20.json")))
-    stems = [stem for stem in sorted(labels) if labels[stem]][:count]
-    return [(stem, os.path.join(COCO_DEV, "images", f"{stem}.jpg"), labels[stem])
-            for stem in stems]
+    chosen = []
+    for stem in sorted(labels):
+        if labels[stem] and len(chosen) < count:
+            image = Image.open(os.path.join(COCO_DEV, "images", f"{stem}.jpg")).convert("RGB")
+            path = os.path.join(folder, f"{stem}.jpg")
+            image.resize((500, 375), Image.BICUBIC).save(path, quality=90)
+            names = labels[stem][:3]
+            names += [name for name in VOC_CLASSES if name not in names][:3 - len(names)]
+            chosen.append((path, names))
+    return chosen
 
 
-def batches_by_bucket(items, batch_size: int):
-    """Items grouped by padded label count (one program each), cut into batches."""
-    from jaxseg.maps.batch import class_bucket
-    groups: dict[int, list] = {}
-    for item in items:
-        groups.setdefault(class_bucket(len(item[2])), []).append(item)
-    return [group[i:i + batch_size] for _, group in sorted(groups.items())
-            for i in range(0, len(group), batch_size)]
-
-
-def device_stage(segmenter, batch, batch_size: int):
-    """Relevance of one batch of ``(stem, image, labels)``: ``[(image, DeviceOutput)]``."""
-    images = [image for _, image, _ in batch]
-    results = segmenter.relevance_stage(images, [labels for _, _, labels in batch], batch_size)
-    return list(zip(images, results))
-
-
-def run_sequential(segmenter, batches, batch_size, pool) -> list:
-    from jaxseg.segmenter import refine_mask
-    masks = []
-    for batch in batches:
-        jobs = [(i, (*entry, segmenter.config))
-                for i, entry in enumerate(device_stage(segmenter, batch, batch_size))]
-        masks += [future.result()[0] for _, future in pool.imap(refine_mask, jobs)]
-    return masks
-
-
-def run_overlapped(segmenter, batches, batch_size, pool) -> list:
-    from jaxseg.segmenter import refine_mask
-    handoff: queue.Queue = queue.Queue(maxsize=2 * batch_size)  # bounded: memory stays flat
-    done = object()
-
-    def produce() -> None:
-        for batch in batches:
-            for entry in device_stage(segmenter, batch, batch_size):
-                handoff.put(entry)
-        handoff.put(done)
-
-    def jobs():
-        index = 0
-        while (entry := handoff.get()) is not done:
-            yield index, (*entry, segmenter.config)
-            index += 1
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
-    masks = [future.result()[0] for _, future in pool.imap(refine_mask, jobs())]
-    producer.join()
-    return masks
-
-
-def child(folder: str, count: int, workers_list: list[int]) -> None:
-    """One device count (set by the parent's XLA_FLAGS): prints one JSON line per run."""
-    import jax
-    import numpy as np
-    from jaxseg.clip.handle import load_clip
-    from jaxseg.maps.batch import class_bucket
-    from jaxseg.run.imageio import read_image
-    from jaxseg.run.sharding import RefinePool, data_mesh, device_batch_size
-    from jaxseg.segmenter import Segmenter, refine_mask
-
-    clip = load_clip(folder)
-    mesh = data_mesh()
-    segmenter = Segmenter(clip, mesh=mesh if mesh.size > 1 else None)
-    batch_size = device_batch_size(BATCH, mesh)
-    items = [(stem, read_image(path), labels) for stem, path, labels in coco_dev_items(count)]
-    batches = batches_by_bucket(items, batch_size)
-    start = time.perf_counter()
-    one_per_bucket = {class_bucket(len(batch[0][2])): batch for batch in batches}
-    warm = [device_stage(segmenter, batch, batch_size)
-            for batch in one_per_bucket.values()]  # compiles each bucket's program
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for batch in batches:
-        device_stage(segmenter, batch, batch_size)
-    device_s = time.perf_counter() - start
-    for workers in workers_list:
-        with RefinePool(workers) as pool:
-            warm_jobs = [(i, (*warm[0][0], segmenter.config))
-                         for i in range(2 * max(1, workers))]
-            start = time.perf_counter()
-            list(pool.imap(refine_mask, warm_jobs))  # starts and compiles every worker
-            pool_start_s = time.perf_counter() - start
-            for overlap, run in (("off", run_sequential), ("on", run_overlapped)):
-                start = time.perf_counter()
-                masks = run(segmenter, batches, batch_size, pool)
-                wall = time.perf_counter() - start
-                digest = hashlib.sha1(b"".join(m.astype("int32").tobytes() for m in masks))
-                if (workers, overlap) == (workers_list[0], "off"):
-                    np.savez(os.path.join(os.path.dirname(folder), f"masks_{mesh.size}.npz"),
-                             *masks)
-                print(json.dumps({
-                    "devices": mesh.size, "workers": workers, "overlap": overlap,
-                    "images": len(masks), "seconds": wall, "images_per_s": len(masks) / wall,
-                    "device_stage_s": device_s, "compile_s": compile_s,
-                    "pool_start_s": pool_start_s, "digest": digest.hexdigest(),
-                    "load_1min": os.getloadavg()[0],
-                    "platform": jax.devices()[0].platform}), flush=True)
-
-
-def table(rows: list[dict]) -> str:
-    lines = ["| devices | refine workers | overlap | images/s | wall s | device stage alone s "
-             "| warm-up (compile) s | load avg |", "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['devices']} | {row['workers']} | {row['overlap']} | "
-                     f"{row['images_per_s']:.2f} | {row['seconds']:.1f} | "
-                     f"{row['device_stage_s']:.1f} | {row['compile_s']:.1f} | "
-                     f"{row['load_1min']:.1f} |")
-    return "\n".join(lines)
-
-
-def mask_agreement(rows: list[dict], folder: str) -> str:
-    """Are masks bit-identical across workers/overlap (they must be), and across devices?"""
-    import numpy as np
-    lines = []
-    by_devices: dict[int, set] = {}
-    for row in rows:
-        by_devices.setdefault(row["devices"], set()).add(row["digest"])
-    same = all(len(digests) == 1 for digests in by_devices.values())
-    lines.append(f"masks identical across refine workers and overlap, per device count: "
-                 f"{'yes' if same else 'NO'}")
-    counts = sorted(by_devices)
-    reference = np.load(os.path.join(folder, f"masks_{counts[0]}.npz"))
-    for devices in counts[1:]:
-        other = np.load(os.path.join(folder, f"masks_{devices}.npz"))
-        differ = sum(int((reference[k] != other[k]).sum()) for k in reference.files)
-        total = sum(reference[k].size for k in reference.files)
-        images = sum(bool((reference[k] != other[k]).any()) for k in reference.files)
-        lines.append(f"{devices} vs {counts[0]} device(s): {differ} of {total} mask pixels differ "
-                     f"({images} of {len(reference.files)} images)")
-    return "\n".join(lines)
+def core_seconds(function, *args):
+    start = time.process_time()
+    result = function(*args)
+    return result, time.process_time() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--json", help="also write the rows as JSON here")
-    parser.add_argument("--child", metavar="CHECKPOINT", help=argparse.SUPPRESS)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device-tflops", type=float, default=200.0)
+    parser.add_argument("--json", help="also write the figures as JSON here")
     args = parser.parse_args()
-    if args.child:
-        child(args.child, args.images, args.workers)
-        return
+    work = tempfile.mkdtemp(prefix="bench-scale-")
+    make_checkpoint(os.path.join(work, "clip"), vision=VIT_B16_VISION, text=VIT_B_TEXT,
+                    projection_dim=512)
+    segmenter = Segmenter(load_clip(os.path.join(work, "clip")))
+    data = photos(args.images, work)
+    decoded = [core_seconds(imageio.read_image, path) for path, _ in data]
+    images = [image for image, _ in decoded]
+    labels = [names for _, names in data]
+    size = min(args.batch_size, len(images))
+    segmenter.relevance_stage(images[:size], labels[:size], size)  # compile
+    start = time.perf_counter()
+    outputs = segmenter.relevance_stage(images, labels, size)
+    device_s = (time.perf_counter() - start) / len(images)
+    refine_mask(images[0], outputs[0], segmenter.config)  # compile the classifier
+    refined = [core_seconds(refine_mask, image, output, segmenter.config)
+               for image, output in zip(images, outputs)]
+    cut = []
+    refine_config = segmenter.config.refine
+    for image, output in zip(images, outputs):
+        # The final cut at refinement size, on unaries of the same shape as the stage's.
+        scale = min(1.0, refine_config.max_size / max(image.shape[:2]))
+        small_hw = (round(image.shape[0] * scale), round(image.shape[1] * scale))
+        unaries = score_probabilities(resize_maps(np.asarray(output.scores, np.float32), small_hw),
+                                      refine_config)
+        cut.append(core_seconds(graph_cut, resize_image(image, small_hw), unaries, refine_config)[1])
+    writes = [core_seconds(write_outputs, work, Item(f"out{i}", path, names), image, mask,
+                           names, None, (), {"model": "bench"}, {})[1]
+              for i, ((path, names), image, ((mask, _), _)) in enumerate(zip(data, images, refined))]
+    # The accelerator: FLOPs of one batch of the default program, per image.
+    (canvases, content_hw), _ = batch_lib.pack_tta(images[:size], segmenter.config.tta, size)
+    queries, owners = zip(*(segmenter._queries(names) for names in labels[:size]))
+    packed, owner = batch_lib.pack_queries(queries, owners, size,
+                                           batch_lib.class_bucket(max(map(len, queries))))
+    program = segmenter.clip.compiled(
+        batch_lib.tta_program, tta=segmenter.config.tta, relevance=segmenter.config.relevance,
+        scoring=segmenter.config.scoring, num_labels=batch_lib.class_bucket(3))
+    cost = program.lower(segmenter.clip.params, canvases, content_hw, packed, owner,
+                         segmenter._background).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost["flops"]) / size
+    accelerator_s = flops / (args.device_tflops * 1e12)
 
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from checkpoints import make_checkpoint
-    folder = os.path.join(tempfile.mkdtemp(prefix="bench-scale-"), "clip")
-    make_checkpoint(folder, vision=MID_VISION, text=MID_TEXT, projection_dim=128)
-    rows, loads = [], [os.getloadavg()[0]]
-    for devices in args.devices:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-        command = [sys.executable, os.path.abspath(__file__), "--child", folder,
-                   "--images", str(args.images), "--workers", *map(str, args.workers)]
-        out = subprocess.run(command, env=env, capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"{devices} devices failed:\n{out.stderr[-3000:]}")
-        rows += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-        loads.append(os.getloadavg()[0])
-        print(f"{devices} device(s) done, load average {loads[-1]:.1f}", file=sys.stderr,
-              flush=True)
-    print(f"{rows[0]['images']} coco-dev images, random CLIP (vision {MID_VISION}), "
-          f"TTA and refinement defaults, batch {BATCH} per device call; {os.cpu_count()} "
-          f"CPU cores, 1-minute load average {min(loads):.1f} .. {max(loads):.1f}\n")
-    print(table(rows))
-    print("\n" + mask_agreement(rows, os.path.dirname(folder)))
+    figures = {
+        "decode": statistics.mean(seconds for _, seconds in decoded),
+        "refine": statistics.mean(seconds for _, seconds in refined),
+        "cut": statistics.mean(cut), "write": statistics.mean(writes),
+        "device_cpu_s": device_s, "device_gflop": flops / 1e9, "accelerator_s": accelerator_s}
+    host_now = figures["decode"] + figures["refine"] + figures["write"]
+    host_cut = figures["decode"] + figures["cut"] + figures["write"]
+    print(f"{len(images)} coco-dev photos at 500x375, K = 3, batch {size}, "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores\n")
+    print("| per image | seconds |\n|---|---:|")
+    for name, value in (("decode (host core-s)", figures["decode"]),
+                        ("refine as now (host core-s)", figures["refine"]),
+                        ("graph cut alone (host core-s)", figures["cut"]),
+                        ("write (host core-s)", figures["write"]),
+                        ("host total now: decode + refine + write", host_now),
+                        ("host total, cut only: decode + cut + write", host_cut),
+                        ("device stage on this CPU", device_s),
+                        (f"device stage, {flops / 1e9:.0f} GFLOP at {args.device_tflops:.0f} "
+                         "TFLOP/s", accelerator_s)):
+        print(f"| {name} | {value:.3f} |")
+    print("\n| host cores | devices | host work | images/s | VOC trainaug |\n|---|---|---|---|---|")
+    rows = []
+    for cores in (16, 224):
+        for devices in (1, 8):
+            for label, host in (("now", host_now), ("cut only", host_cut)):
+                rate = min((cores - 2) / host, devices / accelerator_s)
+                rows.append(dict(cores=cores, devices=devices, host=label, rate=rate))
+                print(f"| {cores} | {devices} | {label} ({host:.2f} core-s) | {rate:.0f} | "
+                      f"{TRAINAUG / rate / 60:.1f} min |")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(rows, handle, indent=1)
+            json.dump({"figures": figures, "projection": rows}, handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ from scipy.ndimage import gaussian_filter, shift
 from jaxseg.refinement.config import RefineConfig
 from jaxseg.refinement.graphcut import grid_edges
 from jaxseg.refinement.refine import distill, graph_cut, refine
-from jaxseg.refinement.seeds import pseudo_labels, reestimation_seeds, score_probabilities
+from jaxseg.refinement.smoothing import edge_aware_smooth
+from jaxseg.refinement.seeds import (image_levels, otsu_levels, pseudo_labels, reestimation_seeds,
+                                     score_probabilities)
 
 RED, BLUE, GREEN = (200, 40, 40), (40, 60, 190), (50, 170, 60)
 
@@ -33,7 +35,8 @@ def _coarse(mask, offset, seed, sigma=3.0, noise=0.05):
 def test_two_colour_image_with_noisy_offset_map_recovers_true_region_exactly():
     image, truth = _two_colour_scene()
     scores = _coarse(truth, offset=(3, -3), seed=0)[None]
-    coarse_argmax = scores[0] > RefineConfig().background_score
+    theta = image_levels(scores, RefineConfig())[0]
+    coarse_argmax = scores[0] > theta + RefineConfig().background_score
     assert (coarse_argmax != truth).sum() > 50  # the coarse map alone is clearly off
     np.testing.assert_array_equal(refine(image, scores), truth.astype(np.int32))
 
@@ -67,7 +70,7 @@ def test_large_image_is_refined_at_capped_size_and_upsampled_along_edges():
 def test_pseudo_labels_thresholds_are_relative_to_each_map():
     scores = np.array([[[0.0, 0.1, 0.5, 1.0]],
                        [[0.0, 0.02, 0.1, 0.2]]], np.float32)  # second map: same shape, 1/5 the scale
-    config = RefineConfig(fg_threshold=0.5, bg_threshold=0.2)
+    config = RefineConfig(threshold_rule="fixed", fg_threshold=0.5, bg_threshold=0.2)
     # Rescaled: map 1 = [0, .1, .5, 1], map 2 = [0, .1, .5, 1]; ties go to the first label.
     np.testing.assert_array_equal(pseudo_labels(scores, config), [[0, 0, 1, 1]])
     scores[1, 0, 2] = 0.15  # map 2 now wins the third pixel (0.75 > 0.5)
@@ -80,12 +83,49 @@ def test_background_needs_low_scores_all_around_it():
     scores = np.zeros((1, 40, 40), np.float32)
     scores[0, 10:20, 10:20] = 1.0
     # 0.035 of the short side rounds to a 1-pixel margin: a 3 x 3 neighbourhood.
-    labels = pseudo_labels(scores, RefineConfig(background_margin=0.035))
-    assert labels[9, 15] == -1 and labels[9, 9] == -1  # touches the object's scores
-    assert labels[8, 15] == 0 and labels[30, 30] == 0
-    assert (labels[10:20, 10:20] == 1).all()
-    without_margin = pseudo_labels(scores, RefineConfig(background_margin=0.0))
-    assert without_margin[9, 15] == 0 and without_margin[9, 9] == 0
+    # The fixed rule tests the scores themselves; the Otsu rule their local mean over the
+    # same window, so its margin reaches one window further.
+    for rule, first_background_row in (("fixed", 8), ("otsu", 7)):
+        labels = pseudo_labels(scores, RefineConfig(threshold_rule=rule, background_margin=0.035))
+        assert labels[9, 15] == -1 and labels[9, 9] == -1  # touches the object's scores
+        assert (labels[first_background_row + 1:10, 15] == -1).all()
+        assert labels[first_background_row, 15] == 0 and labels[30, 30] == 0
+        assert (labels[10:20, 10:20] == 1).all()
+        without_margin = pseudo_labels(scores, RefineConfig(threshold_rule=rule, background_margin=0.0))
+        assert without_margin[9, 15] == 0 and without_margin[9, 9] == 0
+
+
+def test_otsu_levels_split_two_modes_and_report_their_means():
+    values = np.concatenate([np.full(300, 0.2), np.full(100, 0.7)])
+    theta, low, high = otsu_levels(values)
+    assert 0.2 < theta <= 0.7
+    assert low == pytest.approx(0.2, abs=1 / 256) and high == pytest.approx(0.7, abs=1 / 256)
+    assert otsu_levels(np.full(10, 0.4)) == (0.5, 0.0, 1.0)  # one value: no split
+
+
+def test_otsu_rule_places_seeds_at_each_images_own_levels():
+    # Two images whose maps differ only by where the object/background levels lie (a
+    # low-contrast dense map: background 0.6, object 0.9 after rescaling by a speck at 0
+    # and 1). A fixed rule seeds the first image's background as object; the Otsu rule
+    # seeds both alike.
+    rng = np.random.default_rng(0)
+    truth = np.zeros((40, 40), bool)
+    truth[10:30, 10:30] = True
+    for background, obj in ((0.6, 0.9), (0.1, 0.6)):
+        scores = np.where(truth, obj, background) + rng.normal(0, 0.02, truth.shape)
+        scores[0, 0], scores[20, 20] = 0.0, 1.0
+        scores = scores[None].astype(np.float32)
+        labels = pseudo_labels(scores, RefineConfig())
+        assert (labels[truth] != 0).all() and (labels[~truth] != 1).all()
+        assert (labels[13:27, 13:27] == 1).mean() > 0.9
+        assert (labels[~truth] == 0).sum() > 0.5 * (~truth).sum()
+        prior = score_probabilities(scores, RefineConfig()).argmax(axis=0)
+        assert (prior[1:-1, 1:-1] == truth[1:-1, 1:-1]).all()
+        if background == 0.6:
+            fixed = pseudo_labels(scores, RefineConfig(threshold_rule="fixed", fg_threshold=0.4))
+            assert (fixed[~truth] == 1).mean() > 0.9  # the background seeded as the object
+    with pytest.raises(ValueError, match="threshold_rule"):
+        RefineConfig(threshold_rule="mean")
 
 
 def test_reestimation_seeds_are_the_cut_away_from_its_boundaries_plus_the_confident_pixels():
@@ -103,13 +143,16 @@ def test_reestimation_seeds_are_the_cut_away_from_its_boundaries_plus_the_confid
     np.testing.assert_array_equal(seeds, expected)
 
 
-def test_score_probabilities_argmax_is_thresholded_argmax():
+@pytest.mark.parametrize("rule", ["fixed", "otsu"])
+def test_score_probabilities_argmax_is_thresholded_argmax(rule):
     scores = np.random.default_rng(0).random((3, 9, 9)).astype(np.float32)
-    config = RefineConfig()
+    config = RefineConfig(threshold_rule=rule, background_score=0.05)
     probabilities = score_probabilities(scores, config)
     np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, rtol=1e-5)
     relative = (scores - scores.min((1, 2), keepdims=True)) / np.ptp(scores, (1, 2), keepdims=True)
-    expected = np.where(relative.max(0) > config.background_score, relative.argmax(0) + 1, 0)
+    background = image_levels(relative, config)[0] + config.background_score
+    assert (background > 0.05) == (rule == "otsu")
+    expected = np.where(relative.max(0) > background, relative.argmax(0) + 1, 0)
     np.testing.assert_array_equal(probabilities.argmax(axis=0), expected)
 
 
@@ -201,3 +244,18 @@ def test_sampled_feature_maps_equal_the_resized_maps_at_those_pixels():
         pixels = rng.randint(0, size[0] * size[1], 500)
         expected = resize_maps(maps, size).reshape(8, -1)[:, pixels]
         np.testing.assert_allclose(sample_maps(maps, pixels, size), expected, atol=1e-5)
+
+
+def test_edge_aware_smoothing_spreads_within_a_region_and_stops_at_its_edge():
+    image = np.zeros((30, 40, 3), np.uint8)
+    image[:, 20:] = 200  # a colour edge down the middle
+    maps = np.zeros((2, 30, 40), np.float32)
+    maps[0, 10:20, 12:16] = 1.0  # a blob left of the edge
+    maps[1] = 0.7  # a constant map stays constant
+    smoothed = edge_aware_smooth(image, maps, spatial=10.0, colour=10.0)
+    assert smoothed.shape == maps.shape and smoothed.dtype == np.float32
+    np.testing.assert_allclose(smoothed[1], 0.7, rtol=1e-5)
+    assert smoothed[0, 15, 19] > 0.05  # spread along the left region
+    assert smoothed[0, 15, 20:].max() < 1e-3  # nothing crosses the edge
+    plain = edge_aware_smooth(np.zeros_like(image), maps, spatial=10.0, colour=10.0)
+    assert plain[0, 15, 22] > 0.02  # without the edge it would

@@ -35,9 +35,10 @@ def group_members(group: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_checkpoint):
-    """A folder dataset of 8 images and its uninterrupted outputs."""
+    """A folder dataset of 24 images and its uninterrupted outputs (enough that a run
+    signalled at its first output still has work left)."""
     root = tmp_path_factory.mktemp("signals")
-    paths = random_images(root / "data" / "images", 8)
+    paths = random_images(root / "data" / "images", 24)
     (root / "data" / "labels.json").write_text(json.dumps(
         {f"img{i}": [["cat"], ["cat", "dog"], [], ["dog", "sofa", "cat"]][i % 4]
          for i in range(len(paths))}))

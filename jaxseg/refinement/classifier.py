@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 _CHUNK = 16384  # rows per prediction call: fixed so prediction compiles once per bucket.
+_SMALL_CHUNK = 2048  # rows per call for what is left after the full chunks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +122,20 @@ class PixelClassifier:
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """``[R, D]`` input rows -> float32 ``[R, num_labels]`` probabilities."""
-        padded = np.zeros((-(-len(rows) // _CHUNK) * _CHUNK, rows.shape[1]), np.float32)
-        padded[:len(rows)] = rows
-        out = np.concatenate([np.asarray(_predict_chunk(self.params, padded[start:start + _CHUNK],
-                                                        self.class_mask))
-                              for start in range(0, len(padded), _CHUNK)])
-        return out[:len(rows), :self.num_labels]
+        outputs = []
+        start = 0
+        while start < len(rows):
+            # Full chunks, then the rest in small chunks: two compiled shapes in all, and
+            # a few hundred rows (the band along label edges) do not pay for 16384.
+            size = _CHUNK if len(rows) - start >= _CHUNK else _SMALL_CHUNK
+            chunk = np.zeros((size, rows.shape[1]), np.float32)
+            part = rows[start:start + size]
+            chunk[:len(part)] = part
+            outputs.append(np.asarray(_predict_chunk(self.params, chunk, self.class_mask))[:len(part)])
+            start += size
+        if not outputs:
+            return np.zeros((0, self.num_labels), np.float32)
+        return np.concatenate(outputs)[:, :self.num_labels]
 
 
 def _sample_items(key: jax.Array, labels: np.ndarray, num_samples: int,

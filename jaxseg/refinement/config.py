@@ -12,29 +12,48 @@ from jaxseg.refinement.classifier import ClassifierConfig
 class RefineConfig:
     """Settings of the refinement stage (one config for all images; hashable, jit-static).
 
-    Score thresholds are relative: each map is first rescaled to [0, 1] by its own
-    minimum and maximum, so they mean "fraction of this map's range".
+    Each map is first rescaled to [0, 1] by its own minimum and maximum. Maps of
+    different kinds (sparse gradient relevance, under-covering CAMs, blurry halos,
+    low-contrast dense similarities) put the object/background boundary at very
+    different rescaled scores (the best fixed background score ranged over 0.2-0.6 on
+    the recipes of ``scripts/refine_recipes.py``), so by default the stage reads each
+    image's own levels: Otsu's split of the image's best rescaled map gives a threshold
+    theta, the mean mu_bg of the pixels below it and the mean mu_fg of those above it
+    (``seeds.image_levels``), and the settings below are placed relative to them.
 
     Attributes:
-      fg_threshold: a pixel is confident foreground of label k when k's rescaled
-        score is >= this and is the highest of all labels. Lower thresholds cover more
-        of each object (the maps peak on one part) at the price of more halo pixels
-        outside it, which the re-estimation round partly corrects (coco-dev VOC-20 mIoU,
-        mean of seeds 0-2: 0.35 -> 73.7, 0.4 -> 73.9, 0.45 -> 73.9, 0.5 -> 73.6, 0.55 -> 71.7).
-      bg_threshold: a pixel is confident background when every rescaled score is <= this
-        at the pixel and within ``background_margin`` of it.
+      smooth_spatial: before anything reads them, the maps (at refinement size) are
+        smoothed along the image but not across its colour edges
+        (``smoothing.edge_aware_smooth``) with this spatial standard deviation, as a
+        fraction of the long side (0: off). This does cheaply what the bilateral kernel
+        of a dense CRF does: a map's evidence spreads over its object's region and stops
+        at its boundary (recipe-family mean mIoU +1.0 on every second coco-dev image).
+      smooth_colour: that filter's colour standard deviation (summed absolute 8-bit RGB
+        differences between neighbours).
+      threshold_rule: "otsu" (the levels above) or "fixed" (theta = 0, mu_bg = 0,
+        mu_fg = 1: the thresholds are plain rescaled scores, for maps whose levels are
+        known in advance).
+      fg_threshold: a pixel is confident foreground of label k when k's rescaled score
+        is the highest of all labels and >= theta + fg_threshold * (mu_fg - theta)
+        (fixed rule: >= fg_threshold).
+      bg_threshold: a pixel is confident background when the best rescaled score,
+        averaged over a window of ``background_margin`` (otsu rule only: isolated
+        spikes do not veto a background region), stays <= mu_bg + bg_threshold *
+        (theta - mu_bg) everywhere within ``background_margin`` of it (fixed rule:
+        the unaveraged score <= bg_threshold).
       background_margin: radius, as a fraction of the image's short side, of the square
-        neighbourhood that must be free of scores above ``bg_threshold`` for a pixel to be
-        confident background. The object pixels whose score falls below the threshold
+        neighbourhood that must be free of scores above the background cut for a pixel to
+        be confident background. The object pixels whose score falls below the threshold
         (blurred borders, parts away from the map's peak) lie next to its higher scores;
-        this keeps them out of the background's training pixels (0.035, about half a
-        ViT-B/16 patch: coco-dev VOC-20 mIoU 71.2 -> 72.5 when it was introduced, before
-        the local statistics; 0.07 and 0.14 gave 71.0 and 63.3, too few background pixels
-        near objects; see BENCHMARKS.md).
-      background_score: rescaled score the background competes with when scores are
+        this keeps them out of the background's training pixels (about half a ViT-B/16
+        patch).
+      background_score: the background competes with the rescaled scores at
+        theta + background_score (fixed rule: at background_score) when scores are
         turned into probabilities (``seeds.score_probabilities``); argmax over
-        ``[background_score, scores]`` is the plain thresholded argmax.
-      score_temperature: softmax temperature of ``seeds.score_probabilities``.
+        ``[background, scores]`` is then the thresholded argmax.
+      score_temperature: softmax temperature of ``seeds.score_probabilities``, times
+        mu_fg - mu_bg under the otsu rule (low-contrast maps get a proportionally
+        sharper softmax).
       prior_weight: exponent of ``seeds.score_probabilities`` multiplied into the
         distilled probabilities to form the graph-cut unaries (0: the classifier alone;
         colour alone cannot say where an object is, so the maps keep a strong say).
@@ -43,7 +62,7 @@ class RefineConfig:
       classifier: the distillation classifier's settings (``ClassifierConfig``).
       colour_bandwidth: Lab distance (CIE units) the Fourier features resolve.
       position_weight: scale of the normalised (y, x) position fed with the colour
-        (0: off; 1 and 3 lowered coco-dev VOC-20 mIoU by 1.3 and 3.6, so off by default).
+        (0: off; 5 and 10 lowered the mean mIoU over the recipe family by 5 and 6).
       local_radius: radius of the edge-aware window whose Lab mean and standard deviation
         are classifier inputs, as a fraction of the long side of the image the classifier
         is fitted on (0: off; see ``features.local_colour_statistics``). A pixel's
@@ -58,32 +77,35 @@ class RefineConfig:
         fitted again on ``seeds.reestimation_seeds`` (the cut's labels away from its
         boundaries, plus the confident pixels) and the image cut again. The seeds sit on
         the maps' peaks, often one part of an object; the cut spans the whole object, so
-        the next classifier also learns the object's other colours.
+        the next classifier also learns the object's other colours (0 by default: on the
+        recipe family it changed mean mIoU by < 0.2 and cost ~40% of the time).
       reestimation_band: pixels closer than this to a boundary of the cut (as a fraction
         of the long side) are left out of the next round's training pixels: the cut is
         least sure there.
       reestimation_cut_scale: the cuts that only feed a re-estimation round run at this
         fraction of the refinement size (unaries resized bilinearly, labels back by
         nearest neighbour): their labels are used only away from their boundaries, and
-        the half-size cut costs a quarter (coco-dev VOC-20 mIoU, mean of seeds 0-2: 73.9 at
-        both 0.5 and 1; 500x375, K = 3: ~0.2 s faster at 0.5).
-      pairwise_weight: weight of the contrast-sensitive Potts term (nats per unit edge;
-        coco-dev VOC-20 mIoU is flat around 8: 6, 8 and 10 all gave 73.9).
+        the half-size cut costs a quarter.
+      pairwise_weight: weight of the contrast-sensitive Potts term (nats per unit edge).
       max_cycles: alpha-expansion sweeps over all labels at most (stops earlier when
         a sweep changes nothing); on coco-dev a second sweep changed mIoU by < 0.1.
       move_margin: a pixel joins an expansion move only if switching costs at most this
         many nats of unary; inf keeps every move exact (4 was ~3x faster, -0.4 mIoU).
       max_size: images whose long side exceeds this are refined at this long side and
-        their labels upsampled along edges (see ``refine.refine``).
+        their labels upsampled along edges (see ``refine.refine``). 256 rather than 320:
+        0.1 lower mean mIoU over the recipe family for ~35% less time.
       seed: seed of the PRNG key (training pixels, the classifier's initialisation and
         Fourier map).
     """
 
-    fg_threshold: float = 0.4
-    bg_threshold: float = 0.2
+    smooth_spatial: float = 0.05
+    smooth_colour: float = 30.0
+    threshold_rule: str = "otsu"
+    fg_threshold: float = 0.3
+    bg_threshold: float = 0.5
     background_margin: float = 0.035
-    background_score: float = 0.35
-    score_temperature: float = 0.1
+    background_score: float = 0.0
+    score_temperature: float = 0.3
     prior_weight: float = 1.5
     distillation: bool = True
     classifier: ClassifierConfig = ClassifierConfig()
@@ -93,11 +115,16 @@ class RefineConfig:
     local_sigma: float = 0.005
     local_colour_range: float = 20.0
     feature_dims: int = 8
-    reestimation_rounds: int = 1
+    reestimation_rounds: int = 0
     reestimation_band: float = 0.01
     reestimation_cut_scale: float = 0.5
-    pairwise_weight: float = 8.0
+    pairwise_weight: float = 12.0
     max_cycles: int = 1
     move_margin: float = float("inf")
-    max_size: int = 320
+    max_size: int = 256
     seed: int = 0
+
+    def __post_init__(self):
+        if self.threshold_rule not in ("otsu", "fixed"):
+            raise ValueError(f"RefineConfig.threshold_rule must be 'otsu' or 'fixed', "
+                             f"got {self.threshold_rule!r}")

@@ -1,9 +1,11 @@
 """Refinement: coarse per-label relevance maps -> a label mask that follows object boundaries.
 
-Three stages, each usable alone, chained by :func:`refine` (the stage's only orchestrator):
+Three stages, each usable alone, chained by :func:`refine` (the stage's only orchestrator),
+after the maps are smoothed along the image's edges
+(:func:`jaxseg.refinement.smoothing.edge_aware_smooth`):
 
 1. :func:`jaxseg.refinement.seeds.pseudo_labels` keeps only the pixels the coarse maps
-   are sure about.
+   are sure about, at thresholds placed on each image's own levels (Otsu's split).
 2. :func:`distill` fits a small per-pixel classifier (background + K labels) on those
    pixels (test-time distillation) and predicts probabilities for every pixel.
 3. :func:`graph_cut` minimises a multi-label Potts energy (unaries ``-log p``,
@@ -29,6 +31,7 @@ from jaxseg.refinement.config import RefineConfig
 from jaxseg.refinement.features import (FOURIER_COLUMNS, EncodedImage, encode_image,
                                         encode_pixels)
 from jaxseg.refinement.graphcut import MIN_PROBABILITY, alpha_expansion
+from jaxseg.refinement.smoothing import edge_aware_smooth
 from jaxseg.refinement.seeds import pseudo_labels, reestimation_seeds, score_probabilities
 
 
@@ -191,6 +194,9 @@ def refine(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None = 
     scale = min(1.0, config.max_size / max(height, width))
     small_hw = (max(1, round(height * scale)), max(1, round(width * scale)))
     small_image, small_scores = resize_image(image, small_hw), resize_maps(scores, small_hw)
+    if config.smooth_spatial > 0:
+        small_scores = edge_aware_smooth(small_image, small_scores,
+                                         config.smooth_spatial * max(small_hw), config.smooth_colour)
     pseudo = pseudo_labels(small_scores, config)
     if not (config.distillation and (pseudo >= 0).any()):
         labels = graph_cut(small_image, score_probabilities(small_scores, config), config)

@@ -1,7 +1,8 @@
 """Reading the coarse maps: confident pixels (pseudo-labels) and per-pixel probabilities.
 
-Thresholds are relative: each map is first rescaled to [0, 1] by its own minimum and
-maximum (:func:`normalize_scores`).
+Each map is first rescaled to [0, 1] by its own minimum and maximum
+(:func:`normalize_scores`); thresholds are placed relative to the image's own levels
+(:func:`image_levels`, see ``RefineConfig``).
 """
 
 from __future__ import annotations
@@ -20,13 +21,39 @@ def normalize_scores(scores: np.ndarray) -> np.ndarray:
     return np.where(span > 1e-6, (scores - low) / np.maximum(span, 1e-6), 0.0).astype(np.float32)
 
 
+def otsu_levels(values: np.ndarray, bins: int = 256) -> tuple[float, float, float]:
+    """Otsu's split of values in [0, 1]: (threshold, mean below it, mean above it)."""
+    histogram = np.bincount(np.minimum((np.ravel(values) * bins).astype(np.int64), bins - 1),
+                            minlength=bins).astype(np.float64)
+    centres = (np.arange(bins) + 0.5) / bins
+    weight = np.cumsum(histogram)[:-1]
+    total = histogram.sum()
+    mass = np.cumsum(histogram * centres)
+    below, above = weight, total - weight
+    valid = (below > 0) & (above > 0)
+    if not valid.any():
+        return 0.5, 0.0, 1.0
+    mean_below = mass[:-1] / np.maximum(below, 1)
+    mean_above = (mass[-1] - mass[:-1]) / np.maximum(above, 1)
+    cut = int(np.argmax(np.where(valid, below * above * (mean_below - mean_above) ** 2, -1.0)))
+    return (cut + 1) / bins, float(mean_below[cut]), float(mean_above[cut])
+
+
+def image_levels(relative: np.ndarray, config: RefineConfig) -> tuple[float, float, float]:
+    """(theta, mu_bg, mu_fg): Otsu's split of the best of the rescaled ``[K, H, W]`` maps
+    at each pixel (``threshold_rule`` "otsu"), or (0, 0, 1) for the "fixed" rule."""
+    if config.threshold_rule == "fixed" or relative.shape[0] == 0:
+        return 0.0, 0.0, 1.0
+    return otsu_levels(relative.max(axis=0))
+
+
 def pseudo_labels(scores: np.ndarray, config: RefineConfig = RefineConfig()) -> np.ndarray:
     """Confident pixels of the coarse maps.
 
     Args:
       scores: float ``[K, H, W]`` relevance maps, one per label.
-      config: ``fg_threshold``, ``bg_threshold`` (relative to each map's range) and
-        ``background_margin``.
+      config: ``threshold_rule``, ``fg_threshold``, ``bg_threshold`` and
+        ``background_margin`` (see ``RefineConfig``).
 
     Returns:
       int32 ``[H, W]``: k >= 1 confident label k (1-based), 0 confident background,
@@ -38,9 +65,16 @@ def pseudo_labels(scores: np.ndarray, config: RefineConfig = RefineConfig()) -> 
         labels[:] = 0
         return labels
     top = relative.max(axis=0)
-    labels[top >= config.fg_threshold] = relative.argmax(axis=0)[top >= config.fg_threshold] + 1
     radius = round(config.background_margin * min(top.shape))
-    labels[scipy.ndimage.maximum_filter(top, size=2 * radius + 1) <= config.bg_threshold] = 0
+    theta, low, high = image_levels(relative, config)
+    if config.threshold_rule == "otsu":
+        fg_cut = theta + config.fg_threshold * (high - theta)
+        bg_cut = low + config.bg_threshold * (theta - low)
+        local = scipy.ndimage.uniform_filter(top, size=2 * radius + 1)
+    else:
+        fg_cut, bg_cut, local = config.fg_threshold, config.bg_threshold, top
+    labels[top >= fg_cut] = relative.argmax(axis=0)[top >= fg_cut] + 1
+    labels[scipy.ndimage.maximum_filter(local, size=2 * radius + 1) <= bg_cut] = 0
     return labels
 
 
@@ -69,12 +103,19 @@ def reestimation_seeds(labels: np.ndarray, pseudo: np.ndarray,
 def score_probabilities(scores: np.ndarray, config: RefineConfig = RefineConfig()) -> np.ndarray:
     """Probabilities ``[K + 1, H, W]`` (background first) read directly off the coarse maps.
 
-    A softmax with temperature ``score_temperature`` over ``[background_score,
-    rescaled scores]``; its argmax is the thresholded argmax of the maps.
+    A softmax over ``[background, rescaled scores]`` with the background at
+    ``background_score`` and temperature ``score_temperature``, both relative to the
+    image's levels under the "otsu" rule (see ``RefineConfig``); its argmax is the
+    thresholded argmax of the maps.
     """
     relative = normalize_scores(scores)
-    background = np.full((1,) + relative.shape[1:], config.background_score, np.float32)
-    logits = np.concatenate([background, relative]) / config.score_temperature
+    if config.threshold_rule == "otsu":
+        theta, low, high = image_levels(relative, config)
+        score, temperature = theta + config.background_score, config.score_temperature * (high - low)
+    else:
+        score, temperature = config.background_score, config.score_temperature
+    background = np.full((1,) + relative.shape[1:], score, np.float32)
+    logits = np.concatenate([background, relative]) / max(temperature, 1e-3)
     logits -= logits.max(axis=0, keepdims=True)
     probabilities = np.exp(logits)
     return (probabilities / probabilities.sum(axis=0, keepdims=True)).astype(np.float32)
