@@ -45,7 +45,7 @@ from jaxseg.clip.handle import load_clip  # noqa: E402
 from jaxseg.imaging import resize_image, resize_maps  # noqa: E402
 from jaxseg.labels.vocab import VOC_CLASSES  # noqa: E402
 from jaxseg.maps import batch as batch_lib  # noqa: E402
-from jaxseg.refinement.refine import graph_cut  # noqa: E402
+from jaxseg.refinement.refine import graph_cut, refinement_size  # noqa: E402
 from jaxseg.refinement.seeds import score_probabilities  # noqa: E402
 from jaxseg.run import imageio  # noqa: E402
 from jaxseg.run.datasets import Item  # noqa: E402
@@ -105,8 +105,7 @@ def main() -> None:
     refine_config = segmenter.config.refine
     for image, output in zip(images, outputs):
         # The final cut at refinement size, on unaries of the same shape as the stage's.
-        scale = min(1.0, refine_config.max_size / max(image.shape[:2]))
-        small_hw = (round(image.shape[0] * scale), round(image.shape[1] * scale))
+        small_hw = refinement_size(*image.shape[:2], refine_config)
         unaries = score_probabilities(resize_maps(np.asarray(output.scores, np.float32), small_hw),
                                       refine_config)
         cut.append(core_seconds(graph_cut, resize_image(image, small_hw), unaries, refine_config)[1])

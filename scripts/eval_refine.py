@@ -67,15 +67,6 @@ def config_of(overrides: dict) -> RefineConfig:
     return dataclasses.replace(RefineConfig(), **overrides)
 
 
-def confusion(gt: np.ndarray, class_ids: list[int], prediction: np.ndarray) -> np.ndarray:
-    """``[21, 21]`` VOC confusion (rows: ground truth; void ignored) of a prediction whose
-    value k is the k-th of ``class_ids`` (0 background)."""
-    predicted = np.array([0] + list(class_ids), np.int64)[prediction]
-    valid = gt >= 0
-    return np.bincount(gt[valid] * VOC_IDS + predicted[valid],
-                       minlength=VOC_IDS ** 2).reshape(VOC_IDS, VOC_IDS)
-
-
 def cached_baselines(job) -> str:
     """Writes one image's maps (float16 ``<recipe>_<id>.npy``) and its (a) and (d)
     confusions for every constant (``<id>.pkl``) to the cache, unless already there."""
@@ -89,9 +80,9 @@ def cached_baselines(job) -> str:
     for name, recipe in recipes.RECIPES.items():
         maps = recipes.coarse_maps(recipe, image_id, image, gt, class_ids)
         out[name] = {
-            "a": {b: confusion(gt, class_ids, recipes.argmax_predict(maps, b))
+            "a": {b: recipes.confusion(gt, class_ids, recipes.argmax_predict(maps, b), VOC_IDS)
                   for b in recipes.THRESHOLDS},
-            "d": {t: confusion(gt, class_ids, recipes.dense_crf(image, maps, t, crf))
+            "d": {t: recipes.confusion(gt, class_ids, recipes.dense_crf(image, maps, t, crf), VOC_IDS)
                   for t in recipes.POWERS}}
         np.save(cache / f"{name}_{image_id}.npy", maps.astype(np.float16))
     partial = path.with_suffix(".tmp")
@@ -111,7 +102,7 @@ def refined(job) -> tuple[dict, np.ndarray]:
         maps = np.load(cache / f"{name}_{image_id}.npy").astype(np.float32)
         for index, config in enumerate(configs):
             start = time.perf_counter()
-            out[(name, index)] = confusion(gt, class_ids, refine(image, maps, None, config))
+            out[(name, index)] = recipes.confusion(gt, class_ids, refine(image, maps, None, config), VOC_IDS)
             seconds[index] += time.perf_counter() - start
     return out, seconds
 

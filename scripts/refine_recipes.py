@@ -31,8 +31,8 @@ Usage: python scripts/refine_recipes.py [--data ../shared/data/coco-dev] [--limi
        [--sets voc20 coco] [--recipes NAME ...] [--powers ...] [--workers N]
 
 Importable helpers: ``RECIPES``, ``load_voc20``, ``load_coco``, ``seed_for``,
-``masks_of``, ``coarse_maps``, ``normalize_maps``, ``argmax_predict``, ``argmax_best``,
-``dense_crf``, ``crf_best``, ``add_prediction``, ``miou``, ``calibrate``.
+``masks_of``, ``coarse_maps``, ``argmax_predict``, ``argmax_best``, ``dense_crf``,
+``crf_best``, ``confusion``, ``add_prediction``, ``miou``, ``calibrate``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from jaxseg.refinement.seeds import normalize_scores  # the per-map rescaling the stage uses
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/coco-dev"
 NUM_CLASS_IDS = 256  # class ids are < 256 in both label sets
@@ -555,17 +557,9 @@ RECIPES: dict[str, Recipe] = {
 
 # --------------------------------------------------------------------------- baselines and scoring
 
-def normalize_maps(maps: np.ndarray) -> np.ndarray:
-    """Rescales each map of ``[K, H, W]`` to [0, 1] by its own range (flat maps -> 0)."""
-    maps = np.asarray(maps, np.float32)
-    low = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - low
-    return np.where(span > 1e-6, (maps - low) / np.maximum(span, 1e-6), 0.0).astype(np.float32)
-
-
 def argmax_predict(maps: np.ndarray, background: float) -> np.ndarray:
     """(a): int32 ``[H, W]``, argmax over ``[background, rescaled s_1..s_K]`` (0 = background)."""
-    relative = normalize_maps(maps)
+    relative = normalize_scores(maps)
     if len(relative) == 0:
         return np.zeros(maps.shape[1:], np.int32)
     best = relative.argmax(axis=0)
@@ -593,7 +587,7 @@ class _CRF:
 
 def crf_probabilities(maps: np.ndarray, power: float) -> np.ndarray:
     """``[bg, s_1..s_K]`` with rescaled s and bg = (1 - max_k s_k) ** power."""
-    relative = normalize_maps(maps)
+    relative = normalize_scores(maps)
     return np.concatenate([(1.0 - relative.max(axis=0, keepdims=True)) ** power, relative])
 
 
@@ -611,14 +605,19 @@ def dense_crf(image: np.ndarray, maps: np.ndarray, power: float = 1.0, crf: _CRF
     return crf(crf_probabilities(maps, power))
 
 
-def add_prediction(confusion: np.ndarray, gt: np.ndarray, class_ids: list[int],
-                   prediction: np.ndarray) -> None:
-    """Adds a ``[H, W]`` prediction (0 background, k the k-th of ``class_ids``) to the
-    ``[NUM_CLASS_IDS, NUM_CLASS_IDS]`` confusion (rows: ground truth; void -1 ignored)."""
+def confusion(gt: np.ndarray, class_ids: list[int], prediction: np.ndarray,
+              size: int = NUM_CLASS_IDS) -> np.ndarray:
+    """``[size, size]`` confusion (rows: ground truth; void -1 ignored) of a ``[H, W]``
+    prediction whose value k is the k-th of ``class_ids`` (0 background); class ids < size."""
     predicted = np.array([0] + list(class_ids), np.int64)[prediction]
     valid = gt >= 0
-    confusion += np.bincount(gt[valid] * NUM_CLASS_IDS + predicted[valid],
-                             minlength=NUM_CLASS_IDS ** 2).reshape(NUM_CLASS_IDS, NUM_CLASS_IDS)
+    return np.bincount(gt[valid] * size + predicted[valid], minlength=size ** 2).reshape(size, size)
+
+
+def add_prediction(matrix: np.ndarray, gt: np.ndarray, class_ids: list[int],
+                   prediction: np.ndarray) -> None:
+    """Adds a prediction's :func:`confusion` to ``matrix`` (its size taken from it)."""
+    matrix += confusion(gt, class_ids, prediction, len(matrix))
 
 
 def miou(confusion: np.ndarray) -> float:

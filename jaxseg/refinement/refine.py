@@ -156,6 +156,12 @@ def _upsample_labels(labels: np.ndarray, size_hw: tuple[int, int], evidence) -> 
     return upsampled.reshape(size_hw).astype(np.int32)
 
 
+def refinement_size(height: int, width: int, config: RefineConfig) -> tuple[int, int]:
+    """(h, w) the stage works at: the image's size, shrunk to a ``max_size`` long side."""
+    scale = min(1.0, config.max_size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def refine(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None = None,
            config: RefineConfig = RefineConfig()) -> np.ndarray:
     """Turns coarse relevance maps into a label mask that follows object boundaries.
@@ -191,8 +197,7 @@ def refine(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None = 
     height, width = image.shape[:2]
     if scores.shape[0] == 0:
         return np.zeros((height, width), np.int32)
-    scale = min(1.0, config.max_size / max(height, width))
-    small_hw = (max(1, round(height * scale)), max(1, round(width * scale)))
+    small_hw = refinement_size(height, width, config)
     small_image, small_scores = resize_image(image, small_hw), resize_maps(scores, small_hw)
     if config.smooth_spatial > 0:
         small_scores = edge_aware_smooth(small_image, small_scores,

@@ -109,12 +109,10 @@ def score_probabilities(scores: np.ndarray, config: RefineConfig = RefineConfig(
     thresholded argmax of the maps.
     """
     relative = normalize_scores(scores)
-    if config.threshold_rule == "otsu":
-        theta, low, high = image_levels(relative, config)
-        score, temperature = theta + config.background_score, config.score_temperature * (high - low)
-    else:
-        score, temperature = config.background_score, config.score_temperature
-    background = np.full((1,) + relative.shape[1:], score, np.float32)
+    # The fixed rule's levels (0, 0, 1) leave both settings as they are.
+    theta, low, high = image_levels(relative, config)
+    temperature = config.score_temperature * (high - low)
+    background = np.full((1,) + relative.shape[1:], theta + config.background_score, np.float32)
     logits = np.concatenate([background, relative]) / max(temperature, 1e-3)
     logits -= logits.max(axis=0, keepdims=True)
     probabilities = np.exp(logits)
