@@ -6,10 +6,12 @@ it has computed, and the device mesh. The Python API (``jaxseg.segment``,
 ``jaxseg.segment_batch``) and the command line's dataset runner both go through it:
 
 - :meth:`Segmenter.relevance_stage` is the device work for a batch of images (labels
-  prepared or picked automatically, maps of every label; one ``device_get``);
-- :meth:`Segmenter.refine_stage` is the host work for one image (pure numpy/PyMaxflow on
-  picklable inputs; :func:`refine_mask` is the same as a module-level function, for
-  worker processes).
+  prepared or picked automatically, maps of every label and, for jaxseg's refinement,
+  the graph cut's unaries at refinement size: ``jaxseg.refinement.unaries``; one
+  ``device_get``);
+- :meth:`Segmenter.refine_stage` is the host work for one image (the graph cut, the
+  dense CRF or the argmax; pure numpy/PyMaxflow on picklable inputs; :func:`refine_mask`
+  is the same as a module-level function, for worker processes).
 
 Nothing is cached at module level: programs and caches go with their Segmenter and model.
 """
@@ -25,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxseg.config import SegmentConfig
-from jaxseg.imaging import as_rgb_uint8
+from jaxseg.imaging import as_rgb_uint8, resize_image
 from jaxseg.labels import autolabel
 from jaxseg.labels.presets import label_queries
 from jaxseg.labels.prompts import class_embeddings, prepare_labels
@@ -34,7 +36,8 @@ from jaxseg.maps import batch as batch_lib
 from jaxseg.maps.scoring import label_map
 from jaxseg.maps import stage
 from jaxseg.refinement.crf import dense_crf
-from jaxseg.refinement.refine import refine
+from jaxseg.refinement.refine import cut_unaries, refinement_size
+from jaxseg.refinement.unaries import batch_unaries_program
 
 Labels = Union[Sequence[str], str]
 
@@ -65,9 +68,11 @@ class DeviceOutput:
 
     Attributes:
       labels: the labels segmented (prepared, or picked automatically).
-      scores: float32 ``[K, H, W]`` label scores in image coordinates, in [0, 1].
+      scores: float32 ``[K, H, W]`` label scores in image coordinates, in [0, 1] (None
+        when the batch was dispatched without ``keep_maps``).
       background: float32 ``[H, W]`` the method's background score (``jaxseg.maps.scoring``).
-      features: float32 ``[gh, gw, P]`` CLIP patch features, or None.
+      unaries: float16 ``[K + 1, h, w]`` the graph cut's probabilities at refinement size
+        (``jaxseg.refinement.unaries``; refine mode ``"graphcut"`` only).
       label_scores: for automatic labels, each chosen label's score.
       timings: seconds per stage so far.
     """
@@ -75,7 +80,7 @@ class DeviceOutput:
     labels: list[str]
     scores: Optional[np.ndarray] = None
     background: Optional[np.ndarray] = None
-    features: Optional[np.ndarray] = None
+    unaries: Optional[np.ndarray] = None
     label_scores: Optional[list[float]] = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -84,13 +89,14 @@ def refine_mask(image: np.ndarray, output: DeviceOutput,
                 config: SegmentConfig) -> tuple[np.ndarray, float]:
     """The host stage of one image: its mask (int32 ``[H, W]``) and the seconds it took.
 
-    ``config.refine_mode`` chooses jaxseg's refinement (``"graphcut"``), the dense CRF
-    (``"crf"``) or the argmax of the scores (``"none"``). Module level and picklable, so a
-    process pool can run it.
+    ``config.refine_mode`` chooses jaxseg's refinement (``"graphcut"``: the cut of the
+    device's unaries), the dense CRF (``"crf"``) or the argmax of the scores (``"none"``).
+    Module level and picklable, so a process pool can run it.
     """
     start = time.perf_counter()
     if config.refine_mode == "graphcut":
-        mask = refine(image, output.scores, output.features, config.refine)
+        mask = (np.zeros(image.shape[:2], np.int32) if output.unaries is None  # no labels
+                else cut_unaries(image, output.unaries, config.refine))
     elif config.refine_mode == "crf":
         mask = dense_crf(image, output.scores, output.background, config.crf)
     else:
@@ -107,6 +113,9 @@ class PendingBatch:
     todo: list[int]  # the images with labels, in order
     pending: Optional[stage.Pending]
     started: float
+    keep_maps: bool = True  # fetch the full score maps (not only the unaries)
+    unaries: Optional[jax.Array] = None  # [B, K + 1, S, S] on the device (graphcut mode)
+    refine_hw: Sequence[tuple[int, int]] = ()  # each labelled image's refinement size
 
 
 class Segmenter:
@@ -215,11 +224,41 @@ class Segmenter:
                       for best in probabilities[:len(images)].max(axis=1)]
         return [([name for name, _ in pairs], [score for _, score in pairs]) for pairs in chosen]
 
+    def _dispatch_unaries(self, pending: stage.Pending, images: Sequence[np.ndarray],
+                          num_labels: Sequence[int], batch_size: int, device
+                          ) -> tuple[jax.Array, list[tuple[int, int]]]:
+        """Starts the graph cut's unaries of a dispatched batch on its device, from the maps
+        still there (``jaxseg.refinement.unaries.batch_unaries``)."""
+        side = self.config.refine.max_size
+        scores, _, features = pending.outputs
+        refine_hw = [refinement_size(*image.shape[:2], self.config.refine) for image in images]
+        small = np.zeros((batch_size, side, side, 3), np.uint8)
+        size_hw = np.ones((batch_size, 2), np.int32)
+        content_hw = np.ones((batch_size, 2), np.int32)
+        grid = np.ones((batch_size, 2), np.int32)
+        for i, (image, hw) in enumerate(zip(images, refine_hw)):
+            small[i, :hw[0], :hw[1]] = resize_image(image, hw)
+            size_hw[i] = hw
+            # TTA maps hold the image at its content size on the canvas, native ones at its own.
+            content_hw[i] = pending.content[i] if pending.view == "tta" else image.shape[:2]
+            grid[i] = features.shape[1:3] if pending.view == "tta" else pending.content[i]
+        label_mask = np.arange(scores.shape[1])[None] < np.asarray(
+            list(num_labels) + [0] * (batch_size - len(num_labels)))[:, None]
+        inputs = jax.device_put((content_hw, small, size_hw, label_mask, grid), device)
+        unaries = batch_unaries_program(
+            scores, inputs[0], inputs[1], inputs[2], inputs[3],
+            features if self.config.use_features else None,
+            inputs[4] if self.config.use_features else None, config=self.config.refine)
+        return unaries, refine_hw
+
     def dispatch(self, images: Sequence[np.ndarray], labels: Sequence[Labels],
-                 batch_size: Optional[int] = None, device_index: int = 0) -> PendingBatch:
+                 batch_size: Optional[int] = None, device_index: int = 0,
+                 keep_maps: bool = True) -> PendingBatch:
         """Starts the device stage of one batch on one device (see :meth:`relevance_stage`);
         :meth:`collect` waits for it. Labels (prepared or picked automatically) are ready on
-        return, the maps are computed asynchronously."""
+        return, the maps (and in ``"graphcut"`` mode the unaries) are computed
+        asynchronously. ``keep_maps=False`` leaves the full score maps on the device when
+        only the unaries are needed (a dataset run without heat maps)."""
         started = time.perf_counter()
         outputs = [DeviceOutput([] if isinstance(wanted, str) else self.prepare_labels(wanted))
                    for wanted in labels]
@@ -233,25 +272,36 @@ class Segmenter:
                 outputs[i].labels, outputs[i].label_scores = names, scores
                 outputs[i].timings["auto_labels"] = share
         todo = [i for i, out in enumerate(outputs) if out.labels]
-        pending = None
+        batch = PendingBatch(outputs, [image.shape[:2] for image in images], todo, None, started,
+                             keep_maps or self.config.refine_mode != "graphcut")
         if todo:
-            pending = self._dispatch_maps([images[i] for i in todo],
-                                          [outputs[i].labels for i in todo],
-                                          max(batch_size or 0, len(images)),
-                                          self.devices[device_index % len(self.devices)])
-        return PendingBatch(outputs, [image.shape[:2] for image in images], todo, pending,
-                            started)
+            size = max(batch_size or 0, len(images))
+            device = self.devices[device_index % len(self.devices)]
+            labelled = [images[i] for i in todo]
+            batch.pending = self._dispatch_maps(labelled, [outputs[i].labels for i in todo],
+                                                size, device)
+            if self.config.refine_mode == "graphcut":
+                batch.unaries, batch.refine_hw = self._dispatch_unaries(
+                    batch.pending, labelled, [len(outputs[i].labels) for i in todo], size, device)
+        return batch
 
     def collect(self, batch: PendingBatch) -> list[DeviceOutput]:
         """Waits for a dispatched batch: one :class:`DeviceOutput` per image."""
         if batch.pending is not None:
-            for i, (scores, background, features) in zip(batch.todo, stage.collect(batch.pending)):
-                output = batch.outputs[i]
-                output.scores, output.background = scores, background
-                output.features = features if self.config.use_features else None
+            # One transfer: the unaries and, when kept, the maps.
+            maps, unaries = jax.device_get((batch.pending.outputs if batch.keep_maps else None,
+                                            batch.unaries))
+            if maps is not None:
+                for i, (scores, background, _) in zip(batch.todo, stage.unpack(batch.pending, maps)):
+                    batch.outputs[i].scores, batch.outputs[i].background = scores, background
+            if unaries is not None:
+                for row, (i, (height, width)) in enumerate(zip(batch.todo, batch.refine_hw)):
+                    count = len(batch.outputs[i].labels) + 1
+                    batch.outputs[i].unaries = np.ascontiguousarray(
+                        unaries[row, :count, :height, :width])
         share = (time.perf_counter() - batch.started) / len(batch.outputs)
         for shape, output in zip(batch.shapes, batch.outputs):
-            if output.scores is None:  # no labels: all background
+            if output.scores is None and not output.labels:  # no labels: all background
                 output.scores = np.zeros((0,) + shape, np.float32)
                 output.background = np.ones(shape, np.float32)
             output.timings["relevance"] = share

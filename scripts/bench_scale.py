@@ -5,11 +5,11 @@ own VOC labels, topped up with other VOC classes), a random ViT-B/16 (no downloa
 the default configuration:
 
   decode   imageio.read_image of the JPEG (host)
-  device   Segmenter.relevance_stage in batches of --batch-size; this CPU stands in for
-           the accelerator (its own FLOPs give the accelerator estimate below)
-  refine   the host stage as it runs now (segmenter.refine_mask)
-  cut      the part that has to stay on a host once distillation runs on the device
-           (issue 18, not done yet): the final graph cut at refinement size
+  device   Segmenter.relevance_stage in batches of --batch-size: relevance and the graph
+           cut's unaries (smoothing, seeds, distillation: jaxseg.refinement.unaries); this
+           CPU stands in for the accelerator (its FLOPs give the accelerator estimate)
+  refine   the host stage (segmenter.refine_mask): the graph cut at refinement size and
+           the labels' upsampling
   write    run.outputs.write_outputs (mask PNG + JSON sidecar)
 
 Host figures are core-seconds (``time.process_time``: every thread's CPU time). The
@@ -42,11 +42,10 @@ from PIL import Image  # noqa: E402
 import benchlib  # noqa: E402, F401 - puts tests/ on the path
 from checkpoints import VIT_B_TEXT, VIT_B16_VISION, make_checkpoint  # noqa: E402
 from jaxseg.clip.handle import load_clip  # noqa: E402
-from jaxseg.imaging import resize_image, resize_maps  # noqa: E402
 from jaxseg.labels.vocab import VOC_CLASSES  # noqa: E402
 from jaxseg.maps import batch as batch_lib  # noqa: E402
-from jaxseg.refinement.refine import graph_cut, refinement_size  # noqa: E402
-from jaxseg.refinement.seeds import score_probabilities  # noqa: E402
+from jaxseg.refinement.features import LOCAL_DIMS  # noqa: E402
+from jaxseg.refinement.unaries import batch_unaries_program  # noqa: E402
 from jaxseg.run import imageio  # noqa: E402
 from jaxseg.run.datasets import Item  # noqa: E402
 from jaxseg.run.outputs import write_outputs  # noqa: E402
@@ -98,17 +97,8 @@ def main() -> None:
     start = time.perf_counter()
     outputs = segmenter.relevance_stage(images, labels, size)
     device_s = (time.perf_counter() - start) / len(images)
-    refine_mask(images[0], outputs[0], segmenter.config)  # compile the classifier
     refined = [core_seconds(refine_mask, image, output, segmenter.config)
                for image, output in zip(images, outputs)]
-    cut = []
-    refine_config = segmenter.config.refine
-    for image, output in zip(images, outputs):
-        # The final cut at refinement size, on unaries of the same shape as the stage's.
-        small_hw = refinement_size(*image.shape[:2], refine_config)
-        unaries = score_probabilities(resize_maps(np.asarray(output.scores, np.float32), small_hw),
-                                      refine_config)
-        cut.append(core_seconds(graph_cut, resize_image(image, small_hw), unaries, refine_config)[1])
     writes = [core_seconds(write_outputs, work, Item(f"out{i}", path, names), image, mask,
                            names, None, (), {"model": "bench"}, {})[1]
               for i, ((path, names), image, ((mask, _), _)) in enumerate(zip(data, images, refined))]
@@ -120,28 +110,42 @@ def main() -> None:
     program = segmenter.clip.compiled(
         batch_lib.tta_program, tta=segmenter.config.tta, relevance=segmenter.config.relevance,
         scoring=segmenter.config.scoring, num_labels=batch_lib.class_bucket(3))
-    cost = program.lower(segmenter.clip.params, canvases, content_hw, packed, owner,
-                         segmenter._background).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost["flops"]) / size
+    lowered = program.lower(segmenter.clip.params, canvases, content_hw, packed, owner,
+                            segmenter._background)
+    maps, _, features = jax.eval_shape(program, segmenter.clip.params, canvases, content_hw,
+                                       packed, owner, segmenter._background)
+    side = segmenter.config.refine.max_size
+
+    def spec(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype)
+    unaries_lowered = batch_unaries_program.lower(
+        maps, spec((size, 2), np.int32), spec((size, side, side, 3), np.uint8),
+        spec((size, 2), np.int32), spec((size, maps.shape[1]), bool), features,
+        spec((size, 2), np.int32), config=segmenter.config.refine)
+    flops = sum(float((cost[0] if isinstance(cost, list) else cost)["flops"])
+                for cost in (lowered.compile().cost_analysis(),
+                             unaries_lowered.compile().cost_analysis())) / size
+    # XLA counts a loop body once: add the classifier's other training steps (forward and
+    # backward ~ 6 FLOPs per weight and row).
+    classifier = segmenter.config.refine.classifier
+    weights = ((2 * classifier.num_fourier + LOCAL_DIMS + segmenter.config.refine.feature_dims)
+               * classifier.hidden_size + classifier.hidden_size * classifier.class_bucket)
+    flops += 6 * weights * classifier.batch_size * (classifier.steps - 1)
     accelerator_s = flops / (args.device_tflops * 1e12)
 
     figures = {
         "decode": statistics.mean(seconds for _, seconds in decoded),
         "refine": statistics.mean(seconds for _, seconds in refined),
-        "cut": statistics.mean(cut), "write": statistics.mean(writes),
+        "write": statistics.mean(writes),
         "device_cpu_s": device_s, "device_gflop": flops / 1e9, "accelerator_s": accelerator_s}
-    host_now = figures["decode"] + figures["refine"] + figures["write"]
-    host_cut = figures["decode"] + figures["cut"] + figures["write"]
+    host = figures["decode"] + figures["refine"] + figures["write"]
     print(f"{len(images)} coco-dev photos at 500x375, K = 3, batch {size}, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores\n")
     print("| per image | seconds |\n|---|---:|")
     for name, value in (("decode (host core-s)", figures["decode"]),
-                        ("refine as now (host core-s)", figures["refine"]),
-                        ("graph cut alone (host core-s)", figures["cut"]),
+                        ("refine: graph cut + upsampling (host core-s)", figures["refine"]),
                         ("write (host core-s)", figures["write"]),
-                        ("host total now: decode + refine + write", host_now),
-                        ("host total, cut only: decode + cut + write", host_cut),
+                        ("host total: decode + refine + write", host),
                         ("device stage on this CPU", device_s),
                         (f"device stage, {flops / 1e9:.0f} GFLOP at {args.device_tflops:.0f} "
                          "TFLOP/s", accelerator_s)):
@@ -150,11 +154,10 @@ def main() -> None:
     rows = []
     for cores in (16, 224):
         for devices in (1, 8):
-            for label, host in (("now", host_now), ("cut only", host_cut)):
-                rate = min((cores - 2) / host, devices / accelerator_s)
-                rows.append(dict(cores=cores, devices=devices, host=label, rate=rate))
-                print(f"| {cores} | {devices} | {label} ({host:.2f} core-s) | {rate:.0f} | "
-                      f"{TRAINAUG / rate / 60:.1f} min |")
+            rate = min((cores - 2) / host, devices / accelerator_s)
+            rows.append(dict(cores=cores, devices=devices, rate=rate))
+            print(f"| {cores} | {devices} | {host:.2f} core-s | {rate:.0f} | "
+                  f"{TRAINAUG / rate / 60:.1f} min |")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"figures": figures, "projection": rows}, handle, indent=1)

@@ -50,7 +50,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from jaxseg.refinement.seeds import normalize_scores  # the per-map rescaling the stage uses
+from jaxseg.refinement import seeds  # the per-map rescaling the stage uses
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/coco-dev"
 NUM_CLASS_IDS = 256  # class ids are < 256 in both label sets
@@ -556,6 +556,12 @@ RECIPES: dict[str, Recipe] = {
 
 
 # --------------------------------------------------------------------------- baselines and scoring
+
+def normalize_scores(maps: np.ndarray) -> np.ndarray:
+    """The stage's per-map rescaling (``seeds.normalize_scores``) of a whole ``[K, H, W]``."""
+    return np.asarray(seeds.normalize_scores(maps, np.ones(maps.shape[1:], bool),
+                                             np.ones(len(maps), bool)))
+
 
 def argmax_predict(maps: np.ndarray, background: float) -> np.ndarray:
     """(a): int32 ``[H, W]``, argmax over ``[background, rescaled s_1..s_K]`` (0 = background)."""

@@ -47,7 +47,10 @@ def test_batch_equals_single_images(tiny_clip):
     for image, text, output in zip(images, texts, batch):
         alone = jaxseg.relevance_tta(tiny_clip, image, text, SMALL_TTA)
         np.testing.assert_allclose(output.scores, alone, atol=1e-5)
-        assert output.features.shape == (4, 4, 24)
+        # The graph cut's unaries at refinement size (the image's own, below max_size).
+        assert output.unaries.shape == (len(text) + 1,) + image.shape[:2]
+        assert output.unaries.dtype == np.float16
+        np.testing.assert_allclose(output.unaries.astype(np.float32).sum(0), 1.0, atol=5e-3)
 
 
 def test_flipped_image_gives_flipped_scores_with_a_flip_symmetric_variant_set(tiny_clip):

@@ -15,10 +15,11 @@ from jaxseg.maps import native as native_lib
 from jaxseg.maps.native import NativeConfig, view_size
 from jaxseg.maps.scoring import ScoreConfig, label_map, score_maps
 from jaxseg.refinement.crf import clip_es_image
+from compile_cache import CACHE_ARGS
 
 SMALL_TTA = jaxseg.TTAConfig(input_size=32, canvas_size=64)
 FAST = ["--input-size", "32", "--canvas-size", "64", "--refine-steps", "10", "--batch-size", "1",
-        "--no-compile-cache", "--quiet"]
+        *CACHE_ARGS, "--quiet"]
 
 
 def scene(height=48, width=64, seed=0):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter, shift
 
+from jaxseg.refinement import seeds
 from jaxseg.refinement.config import RefineConfig
-from jaxseg.refinement.graphcut import grid_edges
-from jaxseg.refinement.refine import distill, graph_cut, refine
+from jaxseg.refinement import graphcut
+from jaxseg.refinement.refine import graph_cut, refine
 from jaxseg.refinement.smoothing import edge_aware_smooth
-from jaxseg.refinement.seeds import (image_levels, otsu_levels, pseudo_labels, reestimation_seeds,
-                                     score_probabilities)
+from jaxseg.refinement.unaries import image_unaries
 
 RED, BLUE, GREEN = (200, 40, 40), (40, 60, 190), (50, 170, 60)
 
@@ -22,6 +22,22 @@ def _two_colour_scene(height=48, width=64):
     truth[12:36, 16:44] = True
     image = np.where(truth[..., None], np.array(RED, np.uint8), np.array(BLUE, np.uint8))
     return image.astype(np.uint8), truth
+
+
+def _read_maps(scores, config=RefineConfig()):
+    """The seeds module on a whole (unpadded) image: (levels, pseudo-labels, probabilities)."""
+    scores = np.asarray(scores, np.float32)
+    valid = np.ones(scores.shape[1:], bool)
+    labels = np.ones(len(scores), bool)
+    relative = seeds.normalize_scores(scores, valid, labels)
+    levels = seeds.image_levels(relative, valid, labels, config)
+    pseudo = seeds.pseudo_labels(relative, valid, labels, levels, np.array(scores.shape[1:]), config)
+    probabilities = seeds.score_probabilities(relative, labels, levels, config)
+    return tuple(float(level) for level in levels), np.asarray(pseudo), np.asarray(probabilities)
+
+
+def _pseudo(scores, config=RefineConfig()):
+    return _read_maps(scores, config)[1]
 
 
 def _coarse(mask, offset, seed, sigma=3.0, noise=0.05):
@@ -35,7 +51,7 @@ def _coarse(mask, offset, seed, sigma=3.0, noise=0.05):
 def test_two_colour_image_with_noisy_offset_map_recovers_true_region_exactly():
     image, truth = _two_colour_scene()
     scores = _coarse(truth, offset=(3, -3), seed=0)[None]
-    theta = image_levels(scores, RefineConfig())[0]
+    theta = _read_maps(scores)[0][0]
     coarse_argmax = scores[0] > theta + RefineConfig().background_score
     assert (coarse_argmax != truth).sum() > 50  # the coarse map alone is clearly off
     np.testing.assert_array_equal(refine(image, scores), truth.astype(np.int32))
@@ -72,11 +88,11 @@ def test_pseudo_labels_thresholds_are_relative_to_each_map():
                        [[0.0, 0.02, 0.1, 0.2]]], np.float32)  # second map: same shape, 1/5 the scale
     config = RefineConfig(threshold_rule="fixed", fg_threshold=0.5, bg_threshold=0.2)
     # Rescaled: map 1 = [0, .1, .5, 1], map 2 = [0, .1, .5, 1]; ties go to the first label.
-    np.testing.assert_array_equal(pseudo_labels(scores, config), [[0, 0, 1, 1]])
+    np.testing.assert_array_equal(_pseudo(scores, config), [[0, 0, 1, 1]])
     scores[1, 0, 2] = 0.15  # map 2 now wins the third pixel (0.75 > 0.5)
-    np.testing.assert_array_equal(pseudo_labels(scores, config), [[0, 0, 2, 1]])
+    np.testing.assert_array_equal(_pseudo(scores, config), [[0, 0, 2, 1]])
     scores[:, 0, 1] = [0.3, 0.06]  # both 0.3 of their range: neither confident nor background
-    np.testing.assert_array_equal(pseudo_labels(scores, config), [[0, -1, 2, 1]])
+    np.testing.assert_array_equal(_pseudo(scores, config), [[0, -1, 2, 1]])
 
 
 def test_background_needs_low_scores_all_around_it():
@@ -86,21 +102,23 @@ def test_background_needs_low_scores_all_around_it():
     # The fixed rule tests the scores themselves; the Otsu rule their local mean over the
     # same window, so its margin reaches one window further.
     for rule, first_background_row in (("fixed", 8), ("otsu", 7)):
-        labels = pseudo_labels(scores, RefineConfig(threshold_rule=rule, background_margin=0.035))
+        labels = _pseudo(scores, RefineConfig(threshold_rule=rule, background_margin=0.035))
         assert labels[9, 15] == -1 and labels[9, 9] == -1  # touches the object's scores
         assert (labels[first_background_row + 1:10, 15] == -1).all()
         assert labels[first_background_row, 15] == 0 and labels[30, 30] == 0
         assert (labels[10:20, 10:20] == 1).all()
-        without_margin = pseudo_labels(scores, RefineConfig(threshold_rule=rule, background_margin=0.0))
+        without_margin = _pseudo(scores, RefineConfig(threshold_rule=rule, background_margin=0.0))
         assert without_margin[9, 15] == 0 and without_margin[9, 9] == 0
 
 
 def test_otsu_levels_split_two_modes_and_report_their_means():
-    values = np.concatenate([np.full(300, 0.2), np.full(100, 0.7)])
-    theta, low, high = otsu_levels(values)
+    values = np.concatenate([np.full(300, 0.2), np.full(100, 0.7), np.full(50, 0.95)])
+    weights = np.r_[np.ones(400), np.zeros(50)]  # the last values are not counted
+    theta, low, high = map(float, seeds.otsu_levels(values, weights))
     assert 0.2 < theta <= 0.7
     assert low == pytest.approx(0.2, abs=1 / 256) and high == pytest.approx(0.7, abs=1 / 256)
-    assert otsu_levels(np.full(10, 0.4)) == (0.5, 0.0, 1.0)  # one value: no split
+    one_value = tuple(map(float, seeds.otsu_levels(np.full(10, 0.4), np.ones(10))))
+    assert one_value == (0.5, 0.0, 1.0)  # no split
 
 
 def test_otsu_rule_places_seeds_at_each_images_own_levels():
@@ -115,52 +133,64 @@ def test_otsu_rule_places_seeds_at_each_images_own_levels():
         scores = np.where(truth, obj, background) + rng.normal(0, 0.02, truth.shape)
         scores[0, 0], scores[20, 20] = 0.0, 1.0
         scores = scores[None].astype(np.float32)
-        labels = pseudo_labels(scores, RefineConfig())
+        labels = _pseudo(scores)
         assert (labels[truth] != 0).all() and (labels[~truth] != 1).all()
         assert (labels[13:27, 13:27] == 1).mean() > 0.9
         assert (labels[~truth] == 0).sum() > 0.5 * (~truth).sum()
-        prior = score_probabilities(scores, RefineConfig()).argmax(axis=0)
+        prior = _read_maps(scores)[2].argmax(axis=0)
         assert (prior[1:-1, 1:-1] == truth[1:-1, 1:-1]).all()
         if background == 0.6:
-            fixed = pseudo_labels(scores, RefineConfig(threshold_rule="fixed", fg_threshold=0.4))
+            fixed = _pseudo(scores, RefineConfig(threshold_rule="fixed", fg_threshold=0.4))
             assert (fixed[~truth] == 1).mean() > 0.9  # the background seeded as the object
     with pytest.raises(ValueError, match="threshold_rule"):
         RefineConfig(threshold_rule="mean")
-
-
-def test_reestimation_seeds_are_the_cut_away_from_its_boundaries_plus_the_confident_pixels():
-    labels = np.zeros((20, 20), np.int32)
-    labels[5:15, 5:15] = 1
-    pseudo = np.full((20, 20), -1, np.int32)
-    pseudo[9, 9], pseudo[5, 5], pseudo[0, 0] = 1, 1, 0
-    # 0.1 of the long side: 2 pixels; a pixel is left out if another label is within 2 (square).
-    seeds = reestimation_seeds(labels, pseudo, RefineConfig(reestimation_band=0.1))
-    assert seeds.dtype == np.int32
-    expected = np.full((20, 20), -1, np.int32)
-    expected[:3, :], expected[17:, :], expected[:, :3], expected[:, 17:] = 0, 0, 0, 0
-    expected[7:13, 7:13] = 1
-    expected[5, 5] = 1  # on the boundary band, but a confident pixel keeps its pseudo-label
-    np.testing.assert_array_equal(seeds, expected)
 
 
 @pytest.mark.parametrize("rule", ["fixed", "otsu"])
 def test_score_probabilities_argmax_is_thresholded_argmax(rule):
     scores = np.random.default_rng(0).random((3, 9, 9)).astype(np.float32)
     config = RefineConfig(threshold_rule=rule, background_score=0.05)
-    probabilities = score_probabilities(scores, config)
+    levels, _, probabilities = _read_maps(scores, config)
     np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, rtol=1e-5)
     relative = (scores - scores.min((1, 2), keepdims=True)) / np.ptp(scores, (1, 2), keepdims=True)
-    background = image_levels(relative, config)[0] + config.background_score
+    background = levels[0] + config.background_score
     assert (background > 0.05) == (rule == "otsu")
     expected = np.where(relative.max(0) > background, relative.argmax(0) + 1, 0)
     np.testing.assert_array_equal(probabilities.argmax(axis=0), expected)
 
 
 def _energy(image, probabilities, labels, config):
-    first, second, weights = grid_edges(image, config.pairwise_weight)
-    unary = -np.log(np.clip(probabilities, 1e-4, 1.0)).reshape(len(probabilities), -1)
-    flat = labels.ravel()
-    return unary[flat, np.arange(flat.size)].sum() + weights[flat[first] != flat[second]].sum()
+    """The Potts energy written out pair by pair (independent of grid_edges)."""
+    height, width = labels.shape
+    colour = image.astype(np.float64)
+    pairs = [((y, x), (y + dy, x + dx)) for y in range(height) for x in range(width)
+             for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1))
+             if 0 <= y + dy < height and 0 <= x + dx < width]
+    squared = [((colour[p] - colour[q]) ** 2).sum() for p, q in pairs]
+    beta = 1.0 / (2.0 * max(np.mean(squared), 1e-6))
+    unary = -np.log(np.clip(probabilities, 1e-4, 1.0))
+    energy = sum(unary[labels[y, x], y, x] for y in range(height) for x in range(width))
+    for (p, q), step in zip(pairs, squared):
+        if labels[p] != labels[q]:
+            energy += config.pairwise_weight * np.exp(-beta * step) / np.hypot(q[0] - p[0], q[1] - p[1])
+    return energy
+
+
+def test_every_expansion_move_is_the_best_keep_or_switch_labelling():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (3, 3, 3)).astype(np.uint8)
+    probabilities = rng.dirichlet(np.ones(3), (3, 3)).transpose(2, 0, 1).astype(np.float32)
+    config = RefineConfig(pairwise_weight=1.5)
+    weights = graphcut.grid_edges(image, config.pairwise_weight)
+    weight_sums = np.full((3, 3), 1e9)  # every pixel may move
+    unary = -np.log(np.clip(probabilities, 1e-4, 1.0))
+    for start_seed in range(4):
+        labels = np.random.default_rng(start_seed).integers(0, 3, (3, 3))
+        for alpha in range(3):
+            moved = graphcut.expansion_move(unary, labels, alpha, weights, weight_sums, np.inf)
+            best = min(_energy(image, probabilities, np.where(np.array(bits).reshape(3, 3), alpha, labels),
+                               config) for bits in itertools.product([0, 1], repeat=9))
+            assert _energy(image, probabilities, moved, config) == pytest.approx(best, rel=1e-6)
 
 
 def test_graph_cut_finds_the_global_minimum_of_a_binary_energy():
@@ -187,15 +217,41 @@ def test_graph_cut_removes_an_isolated_noisy_pixel_and_keeps_argmax_without_pair
     np.testing.assert_array_equal(unsmoothed, probabilities.argmax(axis=0))
 
 
-def test_distill_is_deterministic_and_uses_the_seed():
+def _unaries(image, scores, config=RefineConfig(), canvas_hw=None, features=None):
+    """image_unaries of an image laid on a canvas of ``canvas_hw`` (default its own size)."""
+    height, width = image.shape[:2]
+    canvas_hw = canvas_hw or (height, width)
+    canvas = np.zeros(canvas_hw + (3,), np.uint8)
+    canvas[:height, :width] = image
+    maps = np.zeros((len(scores),) + canvas_hw, np.float32)
+    maps[:, :height, :width] = scores
+    grid = None if features is None else np.array(features.shape[:2])
+    return np.asarray(image_unaries(canvas, np.array([height, width]), maps, np.ones(len(scores), bool),
+                                    features, grid, config))[:, :height, :width]
+
+
+def test_unaries_are_deterministic_use_the_seed_and_ignore_the_padding():
     image, truth = _two_colour_scene()
     image = (image + np.random.default_rng(0).integers(0, 20, image.shape)).astype(np.uint8)
-    pseudo = pseudo_labels(_coarse(truth, (2, 2), 4)[None])
-    first = distill(image, pseudo, 1)
+    scores = _coarse(truth, (2, 2), 4)[None]
+    first = _unaries(image, scores)
     assert first.shape == (2,) + truth.shape and first.dtype == np.float32
     np.testing.assert_allclose(first.sum(axis=0), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(first, distill(image, pseudo, 1))
-    assert not np.array_equal(first, distill(image, pseudo, 1, config=RefineConfig(seed=1)))
+    np.testing.assert_array_equal(first, _unaries(image, scores))
+    assert not np.array_equal(first, _unaries(image, scores, RefineConfig(seed=1)))
+    # On a larger canvas (what batches and size buckets do) the image's unaries hardly move:
+    # only the order of float sums and the positions training pixels are drawn from change.
+    padded = _unaries(image, scores, canvas_hw=(64, 96))
+    assert (padded.argmax(0) == first.argmax(0)).mean() > 0.99
+    np.testing.assert_allclose(padded, first, atol=0.05)
+
+
+def test_seeds_and_prior_ignore_the_padding_exactly():
+    scores = _coarse(_two_colour_scene()[1], (2, 2), 4)[None]
+    config = RefineConfig(smooth_spatial=0.0, distillation=False)
+    image = np.zeros((48, 64, 3), np.uint8)
+    np.testing.assert_allclose(_unaries(image, scores, config, canvas_hw=(80, 70)),
+                               _unaries(image, scores, config), atol=1e-6)
 
 
 def test_refine_with_dense_features():
@@ -232,18 +288,6 @@ def test_stage_functions_reject_mismatched_shapes():
     image = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(ValueError, match="probabilities"):
         graph_cut(image, np.full((2, 8, 9), 0.5, np.float32))
-    with pytest.raises(ValueError, match="pseudo"):
-        distill(image, np.zeros((9, 8), np.int32), 1)
-
-
-def test_sampled_feature_maps_equal_the_resized_maps_at_those_pixels():
-    from jaxseg.imaging import resize_maps, sample_maps
-    rng = np.random.RandomState(0)
-    for grid, size in [((14, 14), (300, 225)), ((14, 19), (37, 53)), ((6, 6), (4, 5))]:
-        maps = rng.randn(8, *grid).astype(np.float32)
-        pixels = rng.randint(0, size[0] * size[1], 500)
-        expected = resize_maps(maps, size).reshape(8, -1)[:, pixels]
-        np.testing.assert_allclose(sample_maps(maps, pixels, size), expected, atol=1e-5)
 
 
 def test_edge_aware_smoothing_spreads_within_a_region_and_stops_at_its_edge():
@@ -252,10 +296,34 @@ def test_edge_aware_smoothing_spreads_within_a_region_and_stops_at_its_edge():
     maps = np.zeros((2, 30, 40), np.float32)
     maps[0, 10:20, 12:16] = 1.0  # a blob left of the edge
     maps[1] = 0.7  # a constant map stays constant
-    smoothed = edge_aware_smooth(image, maps, spatial=10.0, colour=10.0)
+    valid = np.ones((30, 40), bool)
+    smoothed = np.asarray(edge_aware_smooth(image, maps, valid, spatial=10.0, colour=10.0))
     assert smoothed.shape == maps.shape and smoothed.dtype == np.float32
     np.testing.assert_allclose(smoothed[1], 0.7, rtol=1e-5)
     assert smoothed[0, 15, 19] > 0.05  # spread along the left region
     assert smoothed[0, 15, 20:].max() < 1e-3  # nothing crosses the edge
-    plain = edge_aware_smooth(np.zeros_like(image), maps, spatial=10.0, colour=10.0)
+    plain = np.asarray(edge_aware_smooth(np.zeros_like(image), maps, valid, spatial=10.0, colour=10.0))
     assert plain[0, 15, 22] > 0.02  # without the edge it would
+    # Nothing flows in from padding: the image on a larger canvas of other values.
+    canvas = np.full((2, 36, 50), 5.0, np.float32)
+    canvas[:, :30, :40] = maps
+    big_image = np.zeros((36, 50, 3), np.uint8)
+    big_image[:30, :40] = np.zeros_like(image)
+    padded = np.asarray(edge_aware_smooth(big_image, canvas, np.pad(valid, ((0, 6), (0, 10))),
+                                          spatial=10.0, colour=10.0))
+    np.testing.assert_allclose(padded[:, :30, :40], plain, atol=1e-5)
+
+
+def test_maps_are_resized_from_their_canvas_without_the_padding_leaking_in():
+    from jaxseg.imaging import resize_maps
+    from jaxseg.refinement.unaries import to_canvas
+    rng = np.random.default_rng(0)
+    content = gaussian_filter(rng.random((2, 60, 80)), (0, 4, 4)).astype(np.float32)
+    canvas = np.full((2, 96, 96), 9.0, np.float32)  # padding far from the content's values
+    canvas[:, :60, :80] = content
+    for size in ((30, 40), (75, 100)):  # shrinking and enlarging
+        resized = np.asarray(to_canvas(canvas, np.array([60, 80]), np.array(size), (112, 112)))
+        assert resized.shape == (2, 112, 112)
+        got = resized[:, :size[0], :size[1]]
+        assert got.max() <= content.max() + 1e-5  # nothing of the padding's 9.0
+        np.testing.assert_allclose(got, resize_maps(content, size), atol=0.02)

@@ -10,10 +10,11 @@ import sys
 
 import pytest
 from test_sharding import free_port
+from compile_cache import CACHE_ARGS
 
 COCO_DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "coco-dev")
 FAST = ["--input-size", "32", "--canvas-size", "64", "--refine-steps", "10", "--batch-size", "2",
-        "--no-compile-cache", "--quiet"]
+        *CACHE_ARGS, "--quiet"]
 TIMEOUT_S = 400
 
 
@@ -61,11 +62,14 @@ def test_masks_are_byte_identical_on_any_device_and_process_count(tiny_checkpoin
                                                                    tmp_path):
     root, stems = photos
     common = ["--dataset", "folder", "--root", str(root), "--model", tiny_checkpoint[0], *FAST]
-    runs = {devices: start([*common, "--out", str(tmp_path / f"d{devices}"),
-                            "--refine-workers", "0" if devices == 1 else "2"],
-                           {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
-            for devices in (1, 2, 4, 8)}
-    for process in runs.values():
+
+    def run_on(devices):
+        return start([*common, "--out", str(tmp_path / f"d{devices}"),
+                      "--refine-workers", "0" if devices == 1 else "2"],
+                     {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+    # One device first: it fills the session's compilation cache that the others read.
+    wait(run_on(1))
+    for process in [run_on(devices) for devices in (2, 4, 8)]:
         wait(process)
     port = free_port()
     pair = [start([*common, "--out", str(tmp_path / "pair"), "--coordinator-address",

@@ -13,6 +13,7 @@ from jaxseg.cli import segment
 from jaxseg.labels.presets import DEFAULT_TEMPLATES
 from test_datasets import make_voc
 from test_imageio import png_header_only, write_odd_images
+from compile_cache import CACHE_ARGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small views, canvas and distillation keep each image well under a second; one batch
@@ -25,7 +26,7 @@ def run(tiny_checkpoint):
     """``run(*args) -> exit status``: the CLI in-process on the tiny checkpoint."""
 
     def call(*args):
-        return segment.main([*FAST, "--model", tiny_checkpoint[0], "--no-compile-cache",
+        return segment.main([*FAST, "--model", tiny_checkpoint[0], *CACHE_ARGS,
                              *map(str, args)])
 
     return call
@@ -134,7 +135,7 @@ def test_user_errors_exit_2_in_one_line(tmp_path, capsys, args, message):
     args = [str(tmp_path / "x.png") if arg == "IMG" else arg for arg in args]
     if "--model" not in args:
         args += ["--model", str(tmp_path)]
-    status = segment.main(args + ["--no-compile-cache", "--out", str(tmp_path / "out")])
+    status = segment.main(args + [*CACHE_ARGS, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert status == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 

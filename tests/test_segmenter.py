@@ -7,6 +7,7 @@ import jaxseg
 from jaxseg.imaging import as_rgb_uint8
 from jaxseg.labels.prompts import clean_labels
 from jaxseg.segmenter import segment_batch
+from compile_cache import CACHE_ARGS
 
 CONFIG = jaxseg.SegmentConfig(tta=jaxseg.TTAConfig(input_size=32, canvas_size=64))
 
@@ -68,6 +69,19 @@ def test_batch_equals_single(tiny_clip):
         assert np.mean(result.mask == alone.mask) > 0.99
 
 
+def test_a_batch_without_its_maps_gives_the_same_unaries_and_masks(tiny_clip):
+    # A dataset run without heat maps fetches only the graph cut's unaries.
+    segmenter = jaxseg.Segmenter(tiny_clip, CONFIG)
+    image, labels = two_region_image(), [["red thing", "blue thing"]]
+    [full] = segmenter.collect(segmenter.dispatch([image], labels, 2))
+    [lean] = segmenter.collect(segmenter.dispatch([image], labels, 2, keep_maps=False))
+    assert lean.scores is None and full.scores.shape == (2,) + image.shape[:2]
+    assert lean.unaries.shape == (3,) + image.shape[:2] and lean.unaries.dtype == np.float16
+    np.testing.assert_array_equal(lean.unaries, full.unaries)
+    np.testing.assert_array_equal(segmenter.refine_stage(image, lean).mask,
+                                  segmenter.refine_stage(image, full).mask)
+
+
 def test_cli_mask_and_labels_equal_the_segmenters_and_segment_gives_the_same_mask(
         tmp_path, tiny_checkpoint, tiny_clip):
     import json
@@ -84,7 +98,7 @@ def test_cli_mask_and_labels_equal_the_segmenters_and_segment_gives_the_same_mas
     # The CLI's --input-size / --canvas-size / --refine-steps / --batch-size give CONFIG.
     status = cli.main(["--input-size", "32", "--canvas-size", "64", "--batch-size", "1",
                        str(tmp_path / "photo.png"), "--labels-file", str(tmp_path / "labels.json"),
-                       "--model", tiny_checkpoint[0], "--no-compile-cache", "--quiet",
+                       "--model", tiny_checkpoint[0], *CACHE_ARGS, "--quiet",
                        "--out", str(tmp_path / "out")])
     assert status == 0
     cli_mask = np.asarray(Image.open(tmp_path / "out" / "photo.png"))

@@ -13,6 +13,7 @@ import pytest
 from test_segment_cli import FAST, REPO, comparable, random_images
 
 from jaxseg.cli import segment
+from compile_cache import CACHE_ARGS
 
 GROUP_GRACE_S = 15
 
@@ -44,7 +45,7 @@ def dataset(tmp_path_factory, tiny_checkpoint):
          for i in range(len(paths))}))
     common = [*FAST, "--dataset", "folder", "--root", str(root / "data"), "--batch-size", "2",
               "--model", tiny_checkpoint[0], "--quiet"]
-    assert segment.main([*common, "--no-compile-cache", "--out", str(root / "reference")]) == 0
+    assert segment.main([*common, *CACHE_ARGS, "--out", str(root / "reference")]) == 0
     return root, common
 
 
@@ -83,5 +84,5 @@ def test_killed_run_leaves_no_process_and_resumes_to_the_same_outputs(dataset, t
     assert 0 < finished <= 8
     assert os.listdir(cache), "the compilation cache is written as programs compile"
     (out / ".img7.png.tmp-424242").write_bytes(b"left by a killed run")
-    assert segment.main([*common, "--no-compile-cache", "--out", str(out)]) == 0
+    assert segment.main([*common, *CACHE_ARGS, "--out", str(out)]) == 0
     assert comparable(out) == comparable(root / "reference")

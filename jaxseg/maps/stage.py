@@ -75,7 +75,11 @@ def dispatch(compiled: Callable[..., Callable], params: Any, images: Sequence[np
 def collect(pending: Pending) -> list[ImageMaps]:
     """Waits for a dispatched batch: per image ``(scores [K_i, H, W], background [H, W],
     features [gh, gw, P])`` in image coordinates."""
-    outputs = jax.device_get(pending.outputs)
+    return unpack(pending, jax.device_get(pending.outputs))
+
+
+def unpack(pending: Pending, outputs) -> list[ImageMaps]:
+    """:func:`collect` of the host copy of a dispatched batch's ``outputs``."""
     if pending.view == "tta":
         return batch_lib.unpack_tta(outputs, pending.content, pending.images, pending.num_labels)
     return [(scores, plane, features[:grid[0], :grid[1]]) for (scores, plane, features), grid

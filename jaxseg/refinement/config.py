@@ -73,27 +73,19 @@ class RefineConfig:
         weights: neighbours much farther in colour than this barely count, so the window
         stops at edges.
       feature_dims: principal components of the optional dense features kept per pixel.
-      reestimation_rounds: GrabCut-style rounds after the first cut: the classifier is
-        fitted again on ``seeds.reestimation_seeds`` (the cut's labels away from its
-        boundaries, plus the confident pixels) and the image cut again. The seeds sit on
-        the maps' peaks, often one part of an object; the cut spans the whole object, so
-        the next classifier also learns the object's other colours (0 by default: on the
-        recipe family it changed mean mIoU by < 0.2 and cost ~40% of the time).
-      reestimation_band: pixels closer than this to a boundary of the cut (as a fraction
-        of the long side) are left out of the next round's training pixels: the cut is
-        least sure there.
-      reestimation_cut_scale: the cuts that only feed a re-estimation round run at this
-        fraction of the refinement size (unaries resized bilinearly, labels back by
-        nearest neighbour): their labels are used only away from their boundaries, and
-        the half-size cut costs a quarter.
       pairwise_weight: weight of the contrast-sensitive Potts term (nats per unit edge).
       max_cycles: alpha-expansion sweeps over all labels at most (stops earlier when
         a sweep changes nothing); on coco-dev a second sweep changed mIoU by < 0.1.
       move_margin: a pixel joins an expansion move only if switching costs at most this
         many nats of unary; inf keeps every move exact (4 was ~3x faster, -0.4 mIoU).
       max_size: images whose long side exceeds this are refined at this long side and
-        their labels upsampled along edges (see ``refine.refine``). 256 rather than 320:
-        0.1 lower mean mIoU over the recipe family for ~35% less time.
+        their labels upsampled along edges (see ``refine.cut_unaries``). 192: the best
+        mean mIoU over the recipe family among 160, 192, 224 and 256 (57.8 against
+        57.3-57.4; leave-one-recipe-out picks it on every fold), with 0.56x the pixels
+        of 256 for the device and the host's graph cut.
+      upsample_colour: colour standard deviation (Euclidean 8-bit RGB) of the joint
+        bilateral upsampling that puts the labels of an image refined at ``max_size`` on
+        the full-size image's edges.
       seed: seed of the PRNG key (training pixels, the classifier's initialisation and
         Fourier map).
     """
@@ -115,13 +107,11 @@ class RefineConfig:
     local_sigma: float = 0.005
     local_colour_range: float = 20.0
     feature_dims: int = 8
-    reestimation_rounds: int = 0
-    reestimation_band: float = 0.01
-    reestimation_cut_scale: float = 0.5
     pairwise_weight: float = 12.0
     max_cycles: int = 1
     move_margin: float = float("inf")
-    max_size: int = 256
+    max_size: int = 192
+    upsample_colour: float = 20.0
     seed: int = 0
 
     def __post_init__(self):

@@ -1,23 +1,16 @@
 """Refinement: coarse per-label relevance maps -> a label mask that follows object boundaries.
 
-Three stages, each usable alone, chained by :func:`refine` (the stage's only orchestrator),
-after the maps are smoothed along the image's edges
-(:func:`jaxseg.refinement.smoothing.edge_aware_smooth`):
+Two parts: everything before the cut runs in one compiled JAX program
+(:mod:`jaxseg.refinement.unaries`: edge-aware smoothing of the maps, pseudo-labels at each
+image's own levels, test-time distillation of a per-pixel classifier, its probabilities
+mixed with the maps' own), on the accelerator in dataset runs; the host then runs
+:func:`graph_cut` (a multi-label Potts energy, unaries ``-log p``, contrast-sensitive
+pairwise term on the 8-connected grid, minimised by alpha-expansion, each move a max-flow
+cut computed by PyMaxflow) and upsamples the labels (:func:`cut_unaries`).
 
-1. :func:`jaxseg.refinement.seeds.pseudo_labels` keeps only the pixels the coarse maps
-   are sure about, at thresholds placed on each image's own levels (Otsu's split).
-2. :func:`distill` fits a small per-pixel classifier (background + K labels) on those
-   pixels (test-time distillation) and predicts probabilities for every pixel.
-3. :func:`graph_cut` minimises a multi-label Potts energy (unaries ``-log p``,
-   contrast-sensitive pairwise term on the 8-connected grid) by alpha-expansion,
-   each move a max-flow cut computed by PyMaxflow.
-
-Then, GrabCut-style, the classifier is fitted again on the cut's labels
-(:func:`jaxseg.refinement.seeds.reestimation_seeds`) and the image cut again
-(``reestimation_rounds``).
-
-The stage is independent of CLIP: it sees an image, K score maps and optionally
-dense features.
+:func:`refine` chains both for one image (the stage's orchestrator, ``jaxseg.refine``).
+The stage is independent of CLIP: it sees an image, K score maps and optionally dense
+features.
 """
 
 from __future__ import annotations
@@ -26,59 +19,13 @@ import jax
 import numpy as np
 
 from jaxseg.imaging import resize_image, resize_maps
-from jaxseg.refinement.classifier import PixelClassifier, fit_classifier
 from jaxseg.refinement.config import RefineConfig
-from jaxseg.refinement.features import (FOURIER_COLUMNS, EncodedImage, encode_image,
-                                        encode_pixels)
-from jaxseg.refinement.graphcut import MIN_PROBABILITY, alpha_expansion
-from jaxseg.refinement.smoothing import edge_aware_smooth
-from jaxseg.refinement.seeds import pseudo_labels, reestimation_seeds, score_probabilities
+from jaxseg.refinement.graphcut import alpha_expansion
+from jaxseg.refinement.unaries import image_unaries
 
-
-def distill(image: np.ndarray, pseudo: np.ndarray, num_classes: int,
-            features: np.ndarray | None = None,
-            config: RefineConfig = RefineConfig()) -> np.ndarray:
-    """Test-time distillation: per-pixel probabilities from a classifier fit on confident pixels.
-
-    Each pixel is described by its Lab colour (and, if ``position_weight`` > 0, its
-    position) through fixed random Fourier features (the nonlinear colour map), plus
-    the edge-aware Lab mean and standard deviation around it (``local_*``) and the top
-    ``feature_dims`` principal components of ``features`` upsampled bilinearly (see
-    ``jaxseg.refinement.features.encode_pixels``). A one-hidden-layer MLP (background +
-    ``num_classes`` outputs; ``jaxseg.refinement.classifier``) is trained with Adam on
-    confident pixels drawn with the key of ``config.seed`` (deterministic).
-
-    Args:
-      image: uint8 ``[H, W, 3]`` RGB image.
-      pseudo: int32 ``[H, W]`` from :func:`jaxseg.refinement.seeds.pseudo_labels` (-1 unknown).
-      num_classes: K, the number of labels (background excluded).
-      features: optional float ``[h, w, C]`` dense features of the image.
-      config: the refinement settings.
-
-    Returns:
-      float32 ``[K + 1, H, W]`` probabilities (background first); uniform when no
-      pixel is confident.
-    """
-    if pseudo.shape != image.shape[:2]:
-        raise ValueError(f"distill: pseudo must be [H, W] = {image.shape[:2]} like the image, "
-                         f"got {pseudo.shape}")
-    if not (pseudo >= 0).any():
-        return np.full((num_classes + 1,) + image.shape[:2], 1.0 / (num_classes + 1), np.float32)
-    encoded = encode_image(image, features, config)
-    return _probabilities(_fit(encoded, pseudo, num_classes + 1, config), encoded)
-
-
-def _fit(encoded: EncodedImage, pseudo: np.ndarray, num_labels: int,
-         config: RefineConfig) -> PixelClassifier:
-    """The distillation classifier fitted on the labelled pixels of ``pseudo`` ``[H, W]``."""
-    return fit_classifier(jax.random.key(config.seed), encoded.table, encoded.index,
-                          pseudo.ravel(), num_labels, FOURIER_COLUMNS, config.classifier)
-
-
-def _probabilities(classifier: PixelClassifier, encoded: EncodedImage) -> np.ndarray:
-    """Probabilities of every pixel of an encoded image: float32 ``[L, H, W]``."""
-    rows = classifier.predict(encoded.table)
-    return np.ascontiguousarray(rows[encoded.index].T).reshape((-1,) + encoded.shape)
+# refine() pads an image's refinement size up to a multiple of this, so that images of
+# similar sizes share one compiled program.
+_CANVAS_STEP = 64
 
 
 def graph_cut(image: np.ndarray, probabilities: np.ndarray,
@@ -115,45 +62,50 @@ def _validate(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None
                          f"{features.dtype} {features.shape}")
 
 
-def _mix_prior(distilled: np.ndarray, prior: np.ndarray, config: RefineConfig) -> np.ndarray:
-    """``distilled * prior ** prior_weight``, renormalised: ``[K + 1, H, W]`` (``prior``
-    from :func:`score_probabilities`)."""
-    log_mixed = np.log(np.maximum(distilled, MIN_PROBABILITY)) + config.prior_weight * np.log(
-        np.maximum(prior, MIN_PROBABILITY))
-    mixed = np.exp(log_mixed - log_mixed.max(axis=0, keepdims=True))
-    return (mixed / mixed.sum(axis=0, keepdims=True)).astype(np.float32)
+def _upsample_labels(labels: np.ndarray, small_image: np.ndarray, image: np.ndarray,
+                     colour_range: float) -> np.ndarray:
+    """Upsamples ``[h, w]`` labels of ``small_image`` to the ``[H, W, 3]`` image along its edges.
 
-
-def _reduced_cut(image: np.ndarray, probabilities: np.ndarray, config: RefineConfig) -> np.ndarray:
-    """:func:`graph_cut` at ``reestimation_cut_scale`` of the image's size, labels
-    returned at full size by nearest neighbour: ``[H, W]`` int32."""
-    height, width = image.shape[:2]
-    reduced_hw = (max(1, round(height * config.reestimation_cut_scale)),
-                  max(1, round(width * config.reestimation_cut_scale)))
-    if reduced_hw == (height, width):
-        return graph_cut(image, probabilities, config)
-    labels = graph_cut(resize_image(image, reduced_hw), resize_maps(probabilities, reduced_hw), config)
-    rows = np.minimum((np.arange(height) + 0.5) * reduced_hw[0] / height, reduced_hw[0] - 1).astype(int)
-    cols = np.minimum((np.arange(width) + 0.5) * reduced_hw[1] / width, reduced_hw[1] - 1).astype(int)
-    return labels[rows[:, None], cols[None, :]]
-
-
-def _upsample_labels(labels: np.ndarray, size_hw: tuple[int, int], evidence) -> np.ndarray:
-    """Upsamples ``[h, w]`` labels to ``size_hw`` along edges (see :func:`refine`).
-
-    ``evidence(pixels)`` gives ``[L, len(pixels)]`` full-size probabilities of flat pixels;
-    it is asked only about the band where the upsampled labels meet.
+    A pixel whose four bilinear taps in the small grid (pixel centres aligned) share a
+    label keeps it; a pixel where they differ takes, among the taps' labels, the one with
+    the most votes of the 4 x 4 small pixels around it, each vote weighed by distance
+    (Gaussian, one small pixel) and by colour similarity to the full-size pixel (Gaussian,
+    ``colour_range`` in RGB units): joint bilateral upsampling (Kopf et al., SIGGRAPH
+    2007), which puts the boundary on the full-size colour edge. Only that band of pixels
+    costs more than a look-up.
     """
-    indicators = resize_maps((labels[None] == np.arange(labels.max() + 1)[:, None, None])
-                             .astype(np.float32), size_hw).reshape(labels.max() + 1, -1)
-    upsampled = indicators.argmax(axis=0)
-    candidates = indicators > 0.01
-    band = np.flatnonzero(candidates.sum(axis=0) > 1)
+    height, width = image.shape[:2]
+    small_h, small_w = labels.shape
+
+    def axis(out_size, in_size):
+        source = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5
+        base = np.floor(source).astype(int)
+        return source, base, np.clip(base, 0, in_size - 1), np.clip(base + 1, 0, in_size - 1)
+
+    source_y, base_y, y0, y1 = axis(height, small_h)
+    source_x, base_x, x0, x1 = axis(width, small_w)
+    taps = np.stack([labels[y0][:, x0], labels[y0][:, x1], labels[y1][:, x0], labels[y1][:, x1]])
+    upsampled = taps[0].reshape(-1)
+    band = np.flatnonzero((taps != taps[:1]).any(axis=0))
     if len(band):
-        probabilities = evidence(band)[:len(indicators)]
-        # Among the labels reaching the pixel, the most probable one at full size wins.
-        upsampled[band] = np.where(candidates[:, band], probabilities + 1e-6, 0.0).argmax(axis=0)
-    return upsampled.reshape(size_hw).astype(np.int32)
+        rows, cols = np.divmod(band, width)
+        count = int(labels.max()) + 1
+        candidates = np.zeros((count, len(band)), bool)
+        for tap in taps.reshape(4, -1)[:, band]:
+            candidates[tap, np.arange(len(band))] = True
+        colour = image.reshape(-1, 3)[band].astype(np.float32)
+        small_colour = small_image.astype(np.float32)
+        votes = np.zeros((count, len(band)), np.float32)
+        for offset_y in (-1, 0, 1, 2):
+            near_y = np.clip(base_y[rows] + offset_y, 0, small_h - 1)
+            for offset_x in (-1, 0, 1, 2):
+                near_x = np.clip(base_x[cols] + offset_x, 0, small_w - 1)
+                colour_step = ((small_colour[near_y, near_x] - colour) ** 2).sum(axis=1)
+                weight = np.exp(-0.5 * ((source_y[rows] - near_y) ** 2 + (source_x[cols] - near_x) ** 2)
+                                - colour_step / (2 * colour_range ** 2))
+                votes[labels[near_y, near_x], np.arange(len(band))] += weight
+        upsampled[band] = np.where(candidates, votes + 1e-12, 0.0).argmax(axis=0)
+    return upsampled.reshape(height, width).astype(np.int32)
 
 
 def refinement_size(height: int, width: int, config: RefineConfig) -> tuple[int, int]:
@@ -162,22 +114,45 @@ def refinement_size(height: int, width: int, config: RefineConfig) -> tuple[int,
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def cut_unaries(image: np.ndarray, unaries: np.ndarray, config: RefineConfig = RefineConfig()
+                ) -> np.ndarray:
+    """The host part of refinement: graph cut at refinement size, labels upsampled.
+
+    The labels are upsampled along the full-size image's edges (joint bilateral
+    upsampling, ``upsample_colour``; see ``_upsample_labels``).
+
+    Args:
+      image: uint8 ``[H, W, 3]`` RGB image.
+      unaries: float ``[K + 1, h, w]`` probabilities at the refinement size
+        (:func:`refinement_size`) from :func:`jaxseg.refinement.unaries.image_unaries`.
+      config: the refinement settings.
+
+    Returns:
+      int32 ``[H, W]``: 0 background, k the k-th label (1-based).
+    """
+    height, width = image.shape[:2]
+    small_hw = unaries.shape[1:]
+    unaries = np.asarray(unaries, np.float32)
+    small_image = resize_image(image, small_hw)
+    labels = graph_cut(small_image, unaries, config)
+    if small_hw == (height, width):
+        return labels
+    return _upsample_labels(labels, small_image, image, config.upsample_colour)
+
+
+# One compiled program per config, canvas and label bucket (it holds no model).
+_image_unaries = jax.jit(image_unaries, static_argnames=("config",))
+
+
 def refine(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None = None,
            config: RefineConfig = RefineConfig()) -> np.ndarray:
     """Turns coarse relevance maps into a label mask that follows object boundaries.
 
-    Pseudo-labels -> test-time distillation -> graph cut (see the module docstring).
-    Images whose long side exceeds ``config.max_size`` are refined at that long side
-    (image and scores resized); the labels are then upsampled along edges: every
-    label's indicator is upsampled bilinearly, pixels inside one label's region keep
-    it, and pixels in the band where labels meet take, among the labels whose indicator
-    reaches them, the one of highest ``p``, with ``p`` the distilled classifier's probabilities evaluated
-    on the full-size image (the classifier is per-pixel, so it applies at any size;
-    without distillation ``p`` is :func:`score_probabilities` of the full-size scores).
-
-    The classifier compiles once per ``class_bucket`` of K + 1 (outputs padded and
-    masked) and per config: training pixels are sampled to a fixed count and
-    prediction runs in fixed-size chunks, so image size does not trigger recompiles.
+    Image and scores are resized to the refinement size (:func:`refinement_size`, at
+    most ``max_size`` long), the unaries computed by one compiled program
+    (:func:`jaxseg.refinement.unaries.image_unaries`; the canvas is padded to a multiple
+    of 64 pixels and the labels to a power of two, so similar images share it), then cut
+    and upsampled on the host (:func:`cut_unaries`).
 
     Args:
       image: uint8 ``[H, W, 3]`` RGB image.
@@ -192,40 +167,21 @@ def refine(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None = 
       ValueError: when an input's shape or dtype does not match.
     """
     image, scores = np.asarray(image), np.asarray(scores)
-    features = None if features is None else np.asarray(features)
+    features = None if features is None else np.asarray(features, np.float32)
     _validate(image, scores, features)
     height, width = image.shape[:2]
-    if scores.shape[0] == 0:
+    num_labels = scores.shape[0]
+    if num_labels == 0:
         return np.zeros((height, width), np.int32)
     small_hw = refinement_size(height, width, config)
-    small_image, small_scores = resize_image(image, small_hw), resize_maps(scores, small_hw)
-    if config.smooth_spatial > 0:
-        small_scores = edge_aware_smooth(small_image, small_scores,
-                                         config.smooth_spatial * max(small_hw), config.smooth_colour)
-    pseudo = pseudo_labels(small_scores, config)
-    if not (config.distillation and (pseudo >= 0).any()):
-        labels = graph_cut(small_image, score_probabilities(small_scores, config), config)
-
-        def edge_evidence(pixels):
-            return score_probabilities(scores, config).reshape(len(scores) + 1, -1)[:, pixels]
-    else:
-        encoded, seeds = encode_image(small_image, features, config), pseudo
-        prior = score_probabilities(small_scores, config)
-        for round_index in range(1 + config.reestimation_rounds):
-            classifier = _fit(encoded, seeds, scores.shape[0] + 1, config)
-            unaries = _mix_prior(_probabilities(classifier, encoded), prior, config)
-            if round_index < config.reestimation_rounds:
-                seeds = reestimation_seeds(_reduced_cut(small_image, unaries, config), pseudo, config)
-            else:
-                labels = graph_cut(small_image, unaries, config)
-
-        def edge_evidence(pixels):
-            # Along edges the cut labels already carry the spatial prior; appearance decides.
-            # The classifier is per-pixel, so it applies to the full-size image; its local
-            # window is read at the fitted image's scale.
-            table, index = encode_pixels(image, encoded.reduced_features, config, pixels,
-                                         max(encoded.shape))
-            return np.ascontiguousarray(classifier.predict(table)[index].T)
-    if small_hw == (height, width):
-        return labels
-    return _upsample_labels(labels, (height, width), edge_evidence)
+    canvas_hw = tuple(-(-side // _CANVAS_STEP) * _CANVAS_STEP for side in small_hw)
+    padded_labels = 1 << (num_labels - 1).bit_length()
+    canvas = np.zeros(canvas_hw + (3,), np.uint8)
+    canvas[:small_hw[0], :small_hw[1]] = resize_image(image, small_hw)
+    maps = np.zeros((padded_labels,) + canvas_hw, np.float32)
+    maps[:num_labels, :small_hw[0], :small_hw[1]] = resize_maps(scores, small_hw)
+    grid = None if features is None else np.array(features.shape[:2], np.int32)
+    unaries = _image_unaries(canvas, np.array(small_hw, np.int32), maps,
+                             np.arange(padded_labels) < num_labels, features, grid, config)
+    return cut_unaries(image, np.asarray(unaries)[:num_labels + 1, :small_hw[0], :small_hw[1]],
+                       config)

@@ -109,8 +109,9 @@ def _put(target: queue.Queue, entry, stop: threading.Event) -> bool:
 
 
 def _feed(work: Sequence[list[Item]], done: set, segmenter: Segmenter, batch_size: int,
-          handoff: queue.Queue, stop: threading.Event) -> None:
-    """Device thread: reads ahead, dispatches each batch to the next device."""
+          keep_maps: bool, handoff: queue.Queue, stop: threading.Event) -> None:
+    """Device thread: reads ahead, dispatches each batch to the next device (the full
+    score maps fetched only when ``keep_maps``)."""
     reads: collections.deque = collections.deque()
     batches = iter(work)
     with concurrent.futures.ThreadPoolExecutor(_READERS, "jaxseg-read") as readers:
@@ -131,7 +132,7 @@ def _feed(work: Sequence[list[Item]], done: set, segmenter: Segmenter, batch_siz
                 images = [_PLACEHOLDER if slot.error else slot.image for slot in slots]
                 labels = [[] if slot.error else slot.item.labels for slot in slots]
                 try:
-                    pending = segmenter.dispatch(images, labels, batch_size, index)
+                    pending = segmenter.dispatch(images, labels, batch_size, index, keep_maps)
                 except Exception as error:  # noqa: BLE001 - reported per image.
                     for slot in slots:
                         if not slot.error:
@@ -206,7 +207,8 @@ def run_dataset(batches: Sequence[list[Item]], segmenter: Segmenter, out_dir: st
     handoff: queue.Queue = queue.Queue(maxsize=_IN_FLIGHT * len(segmenter.devices))
     jobs: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     threads = [threading.Thread(target=_feed, name="jaxseg-device", daemon=True,
-                                args=(work, done, segmenter, batch_size, handoff, stop)),
+                                args=(work, done, segmenter, batch_size, "maps" in extras, handoff,
+                                      stop)),
                threading.Thread(target=_collect, name="jaxseg-collect", daemon=True,
                                 args=(segmenter, handoff, jobs, stop))]
     writes: collections.deque = collections.deque()

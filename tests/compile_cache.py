@@ -1,0 +1,15 @@
+"""One persistent JAX compilation cache for the whole test session, subprocesses included.
+
+Command-line runs in the tests pass ``CACHE_ARGS`` instead of ``--no-compile-cache``: the
+many short runs of one tiny model (several device counts, processes, resumed runs) then
+compile each program once. The folder is made by the first importer and handed to child
+processes through the environment; it is never the user's cache.
+"""
+
+import os
+import tempfile
+
+_VARIABLE = "JAXSEG_TEST_COMPILE_CACHE"
+if _VARIABLE not in os.environ:
+    os.environ[_VARIABLE] = tempfile.mkdtemp(prefix="jaxseg-test-jit-")
+CACHE_ARGS = ["--compile-cache", os.environ[_VARIABLE]]
