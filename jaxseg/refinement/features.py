@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.refinement.config import RefineConfig
+from jaxseg.refinement.seeds import valid_mask
 
 COLOUR_DIMS = 3
 POSITION_DIMS = 2
@@ -97,7 +98,7 @@ def reduce_features(features: jax.Array, grid: jax.Array, dims: int) -> jax.Arra
     the components past C or the cell count), unit overall scale, each component's
     largest entry positive."""
     height, width, channels = features.shape
-    valid = ((jnp.arange(height) < grid[0])[:, None] & (jnp.arange(width) < grid[1])[None]).reshape(-1)
+    valid = valid_mask((height, width), grid).reshape(-1)
     count = jnp.maximum(valid.sum(), 1)
     cells = features.reshape(-1, channels).astype(jnp.float32)
     centred = jnp.where(valid[:, None], cells - jnp.where(valid[:, None], cells, 0).sum(0) / count, 0.0)
