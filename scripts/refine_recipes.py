@@ -456,7 +456,7 @@ def cooccur(mask_stack: np.ndarray, image: np.ndarray, rng: np.random.Generator,
 def tta_vit(mask_stack: np.ndarray, image: np.ndarray, rng: np.random.Generator, *,
             crops: int = 8, scale: tuple[float, float] = (0.55, 0.9), taper: float = 0.15,
             spike_sigma: float = 0.8, spike_scale: float = 1.0, part_spread: float = 0.35,
-            part_floor: float = 0.2, cover_power: float = 1.0, smooth: float = 0.6,
+            part_floor: float = 0.2, cover_power: float = 1.0, smooth: float = 1.5,
             keep_prob: float = 0.3, others: tuple[float, float] = (0.1, 0.5),
             context: float = 0.5, context_reach: float = 2.0, hot_rate: float = 1.0,
             noise: float = 0.03) -> np.ndarray:
@@ -465,7 +465,9 @@ def tta_vit(mask_stack: np.ndarray, image: np.ndarray, rng: np.random.Generator,
     Models: relevance computed on several views (the full image at 224 px short side plus
     ``crops`` random square crops of U(``scale``) of the short side, each resized to
     224 px, i.e. a 14x14 grid on the crop, cells never under 16 image px), each view a
-    sparse, spiky map made as in ``chefer_224`` (same constants) with its own spikes,
+    sparse, spiky map made as in ``chefer_224`` (same constants, except a per-view
+    smoothing of 1.5 cells instead of 0.6: with 0.6 dense CRF gained +6.7 over argmax,
+    above the +2..+6 of real maps) with its own spikes,
     dominant instance, context stretches and hot patches, normalised per view (a view
     without the class keeps its hot patches and noise at the strength they would have
     next to an object), warped back to the image and averaged with coverage weights (a
@@ -504,8 +506,8 @@ def tta_vit(mask_stack: np.ndarray, image: np.ndarray, rng: np.random.Generator,
 
 def dense_clip(mask_stack: np.ndarray, image: np.ndarray, rng: np.random.Generator, *,
                short: int = 21, base: float = 0.18, signal: float = 0.06,
-               confusion: tuple[float, float] = (0.0, 0.5), speckle: float = 0.012,
-               scene: float = 0.01, blotch: float = 0.0, blotch_scale: float = 1.5) -> np.ndarray:
+               confusion: tuple[float, float] = (0.0, 0.5), speckle: float = 0.01,
+               scene: float = 0.01, blotch: float = 0.006, blotch_scale: float = 1.5) -> np.ndarray:
     """Dense-CLIP-like patch similarities (MaskCLIP / NACLIP / SCLIP).
 
     Models: cosine similarity of each patch token to each class's text embedding, on the
