@@ -81,7 +81,8 @@ class RefineConfig:
       max_size: images whose long side exceeds this are refined at this long side and
         their labels upsampled along edges (see ``refine.cut_unaries``). 192: the best
         mean mIoU over the recipe family among 160, 192, 224 and 256 (57.8 against
-        57.3-57.4; leave-one-recipe-out picks it on every fold), with 0.56x the pixels
+        57.3-57.4, on the family before ``tta_vit`` and ``dense_clip`` were recalibrated
+        (BENCHMARKS.md); leave-one-recipe-out picks it on every fold), with 0.56x the pixels
         of 256 for the device and the host's graph cut.
       upsample_colour: colour standard deviation (Euclidean 8-bit RGB) of the joint
         bilateral upsampling that puts the labels of an image refined at ``max_size`` on
