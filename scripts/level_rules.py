@@ -37,6 +37,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import refine_recipes as recipes  # noqa: E402
+from eval_refine import VOC_IDS  # noqa: E402
 from jaxseg.imaging import resize_image, resize_maps  # noqa: E402
 from jaxseg.refinement import seeds  # noqa: E402
 from jaxseg.refinement.config import RefineConfig  # noqa: E402
@@ -45,7 +46,6 @@ from jaxseg.refinement.smoothing import edge_aware_smooth  # noqa: E402
 
 STEPS = 50  # levels tau = n / STEPS, n = 1 .. STEPS - 1
 COLOUR_BINS = 8  # per RGB channel
-VOC_IDS = 21
 
 
 @jax.jit
@@ -69,7 +69,17 @@ def _entropy(counts: np.ndarray, axis: int = 0) -> np.ndarray:
 def colour_information(top: np.ndarray, best: np.ndarray, colour: np.ndarray, num_labels: int
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Mutual information (nats) between the image's colour bin and (i) foreground vs
-    background, (ii) the label map, at every level n / STEPS: two ``[STEPS - 1]`` arrays."""
+    background, (ii) the label map, at every level n / STEPS.
+
+    Args:
+      top: float ``[N]`` each pixel's best rescaled score in [0, 1].
+      best: int ``[N]`` the label (0 .. num_labels - 1) of that score.
+      colour: int ``[N]`` each pixel's colour bin (< COLOUR_BINS ** 3).
+      num_labels: K.
+
+    Returns:
+      Two float ``[STEPS - 1]`` arrays, index n - 1 for the level n / STEPS.
+    """
     level = np.clip((top * STEPS).astype(int), 0, STEPS - 1)
     bins = COLOUR_BINS ** 3
     counts = np.zeros((num_labels, STEPS, bins))
@@ -87,10 +97,11 @@ def colour_information(top: np.ndarray, best: np.ndarray, colour: np.ndarray, nu
     return np.array(binary), np.array(labels)
 
 
-def image_levels(data: Path, image_id: str) -> dict:
-    """Per recipe: confusions ``[STEPS - 1, 21, 21]`` of the argmax at every level, the
-    Otsu level index and the two colour-information curves."""
-    _, image, gt, class_ids = recipes.load_item(data, "voc20", image_id)
+def image_levels(item: tuple[str, np.ndarray, np.ndarray, list[int]]) -> dict:
+    """Per recipe, for one ``recipes.load_item`` item with at least one label: confusions
+    ``[STEPS - 1, 21, 21]`` of the argmax at every level, and the level index each rule
+    picks (Otsu's and the two colour-information maxima)."""
+    image_id, image, gt, class_ids = item
     config = RefineConfig()
     height, width = refinement_size(*image.shape[:2], config)
     small = resize_image(image, (height, width))
@@ -151,8 +162,9 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     for image_id in recipes.image_ids(args.data, "voc20")[::args.stride]:
-        if recipes.load_item(args.data, "voc20", image_id)[3]:
-            results[image_id] = image_levels(args.data, image_id)
+        item = recipes.load_item(args.data, "voc20", image_id)
+        if item[3]:
+            results[image_id] = image_levels(item)
     report(results)
 
 
