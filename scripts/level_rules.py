@@ -12,6 +12,10 @@ chosen per image by:
   ``colour MI (labels)``) has the most mutual information with the image's colour
   (512 RGB bins), plus an offset: a level where the objects' colours differ most from the
   rest of the image;
+- ``boundary contrast``: the tau whose boundary (4-neighbours on either side of it) has
+  the highest mean contrast ``1 - exp(-beta |I_p - I_q|^2)`` (GrabCut's beta: half the
+  inverse mean squared step), plus an offset: a level whose outline runs along the image's
+  edges; ``boundary contrast (Otsu +- 8)`` searches only within 8 steps of Otsu's level;
 - ``per-image oracle``: the tau with the best pixel accuracy on that image's ground truth
   (no rule can do better; it bounds what level selection alone can give).
 
@@ -30,7 +34,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -42,7 +45,7 @@ from jaxseg.imaging import resize_image, resize_maps  # noqa: E402
 from jaxseg.refinement import seeds  # noqa: E402
 from jaxseg.refinement.config import RefineConfig  # noqa: E402
 from jaxseg.refinement.refine import refinement_size  # noqa: E402
-from jaxseg.refinement.smoothing import edge_aware_smooth  # noqa: E402
+from jaxseg.refinement.unaries import read_maps  # noqa: E402
 
 STEPS = 50  # levels tau = n / STEPS, n = 1 .. STEPS - 1
 COLOUR_BINS = 8  # per RGB channel
@@ -50,15 +53,11 @@ COLOUR_BINS = 8  # per RGB channel
 
 @jax.jit
 def _best_map(canvas, size_hw, maps, label_mask):
-    """The stage's reading of the maps: smoothed along edges, rescaled; best score, its
+    """The stage's reading of the maps (``unaries.read_maps``): best rescaled score, its
     label and Otsu's threshold."""
-    config = RefineConfig()
-    valid = seeds.valid_mask(canvas.shape[:2], size_hw)
-    smoothed = edge_aware_smooth(canvas, maps, valid, config.smooth_spatial * jnp.max(size_hw),
-                                 config.smooth_colour)
-    relative = seeds.normalize_scores(smoothed, valid, label_mask)
+    relative, levels = read_maps(canvas, size_hw, maps, label_mask, RefineConfig())
     top, best = seeds.best_score(relative, label_mask)
-    return top, best, seeds.otsu_levels(top, valid)[0]
+    return top, best, levels[0]
 
 
 def _entropy(counts: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -97,6 +96,36 @@ def colour_information(top: np.ndarray, best: np.ndarray, colour: np.ndarray, nu
     return np.array(binary), np.array(labels)
 
 
+def boundary_contrast(top: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Mean contrast of the boundary at every level n / STEPS (-1 where under 20 pairs cross).
+
+    Args:
+      top: float ``[H, W]`` each pixel's best rescaled score.
+      image: uint8 ``[H, W, 3]`` the image.
+
+    Returns:
+      float ``[STEPS - 1]``, index n - 1 for the level n / STEPS.
+    """
+    colour = image.astype(np.float32)
+    low, high, step = [], [], []
+    head, tail, every = slice(None, -1), slice(1, None), slice(None)
+    for first, second in (((head, every), (tail, every)), ((every, head), (every, tail))):
+        low.append(np.minimum(top[first], top[second]).ravel())
+        high.append(np.maximum(top[first], top[second]).ravel())
+        step.append(((colour[first] - colour[second]) ** 2).sum(-1).ravel())
+    low, high, step = np.concatenate(low), np.concatenate(high), np.concatenate(step)
+    contrast = 1 - np.exp(-step / (2 * step.mean() + 1e-9))
+    # A pair crosses the level tau when low <= tau < high: add it over that range of levels.
+    levels = np.arange(1, STEPS) / STEPS
+    start, stop = np.searchsorted(levels, low), np.searchsorted(levels, high)
+    total, count = np.zeros(STEPS), np.zeros(STEPS)
+    for values, out in ((contrast, total), (np.ones_like(contrast), count)):
+        np.add.at(out, start, values)
+        np.add.at(out, stop, -values)
+    total, count = np.cumsum(total)[:-1], np.cumsum(count)[:-1]
+    return np.where(count >= 20, total / np.maximum(count, 1), -1.0)
+
+
 def image_levels(item: tuple[str, np.ndarray, np.ndarray, list[int]]) -> dict:
     """Per recipe, for one ``recipes.load_item`` item with at least one label: confusions
     ``[STEPS - 1, 21, 21]`` of the argmax at every level, and the level index each rule
@@ -124,8 +153,13 @@ def image_levels(item: tuple[str, np.ndarray, np.ndarray, list[int]]) -> dict:
             recipes.confusion(small_gt, class_ids, np.where(top > n / STEPS, best + 1, 0), VOC_IDS)
             for n in range(1, STEPS)])
         binary, labels = colour_information(top.ravel(), best.ravel(), colour, len(class_ids))
-        out[name] = {"confusions": confusions, "otsu": int(round(float(otsu) * STEPS)) - 1,
-                     "colour MI": int(binary.argmax()), "colour MI (labels)": int(labels.argmax())}
+        otsu_index = int(round(float(otsu) * STEPS)) - 1
+        contrast = boundary_contrast(top, small)
+        near = np.abs(np.arange(STEPS - 1) - otsu_index) <= 8
+        out[name] = {"confusions": confusions, "otsu": otsu_index,
+                     "colour MI": int(binary.argmax()), "colour MI (labels)": int(labels.argmax()),
+                     "boundary contrast": int(contrast.argmax()),
+                     "boundary contrast (Otsu +- 8)": int(np.where(near, contrast, -2).argmax())}
     return out
 
 
@@ -142,7 +176,8 @@ def report(results: dict[str, dict]) -> None:
     print("| rule | per recipe (best offset each) | mean | one offset for all | mean |\n"
           "|---|---|---:|---|---:|")
     rules = {"fixed": (lambda entry: 0, range(0, STEPS - 1))}
-    for rule in ("otsu", "colour MI", "colour MI (labels)"):
+    for rule in ("otsu", "colour MI", "colour MI (labels)", "boundary contrast",
+                 "boundary contrast (Otsu +- 8)"):
         rules[rule] = (lambda entry, rule=rule: entry[rule], range(-15, 16))
     for rule, (base, offsets) in rules.items():
         table = np.array([[miou(name, lambda e, o=o: base(e) + o) for name in names] for o in offsets])

@@ -2,6 +2,7 @@
 
 import itertools
 
+import jax
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter, shift
@@ -11,7 +12,7 @@ from jaxseg.refinement.config import RefineConfig
 from jaxseg.refinement import graphcut
 from jaxseg.refinement.refine import graph_cut, refine
 from jaxseg.refinement.smoothing import edge_aware_smooth
-from jaxseg.refinement.unaries import image_unaries
+from jaxseg.refinement.unaries import distil, image_unaries, mix_unaries, unary_parts
 
 RED, BLUE, GREEN = (200, 40, 40), (40, 60, 190), (50, 170, 60)
 
@@ -244,6 +245,28 @@ def test_unaries_are_deterministic_use_the_seed_and_ignore_the_padding():
     padded = _unaries(image, scores, canvas_hw=(64, 96))
     assert (padded.argmax(0) == first.argmax(0)).mean() > 0.99
     np.testing.assert_allclose(padded, first, atol=0.05)
+
+
+def test_unary_parts_recompose_the_unaries_and_distil_refits_on_any_seeds():
+    image, truth = _two_colour_scene()
+    image = (image + np.random.default_rng(0).integers(0, 20, image.shape)).astype(np.uint8)
+    scores = _coarse(truth, (2, 2), 4)[None]
+    size_hw, labels, config = np.array(truth.shape), np.ones(1, bool), RefineConfig()
+    parts = unary_parts(image, size_hw, scores, labels, None, None, config)
+    assert (np.asarray(parts.pseudo) >= 0).any()
+    mixed = mix_unaries(parts.distilled, parts.prior, parts.pseudo, labels, config.prior_weight)
+    np.testing.assert_allclose(mixed, _unaries(image, scores), atol=1e-6)
+    same = distil(image, size_hw, None, None, parts.pseudo, labels, config,
+                  jax.random.key(config.seed))
+    np.testing.assert_allclose(same, parts.distilled, atol=1e-6)
+    # Seeds from the true mask: the refitted classifier follows them on every pixel.
+    exact = np.where(truth, 1, 0).astype(np.int32)
+    refitted = distil(image, size_hw, None, None, exact, labels, config, jax.random.key(1))
+    assert (np.asarray(refitted).argmax(axis=0) == exact).mean() > 0.99
+    without_seeds = np.full(truth.shape, -1, np.int32)
+    np.testing.assert_array_equal(
+        mix_unaries(parts.distilled, parts.prior, without_seeds, labels, config.prior_weight),
+        parts.prior)
 
 
 def test_seeds_and_prior_ignore_the_padding_exactly():

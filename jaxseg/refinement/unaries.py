@@ -13,11 +13,14 @@ only the max-flow cut (``jaxseg.refinement.refine``) is left to the host. For on
    pixel;
 3. the unaries' probabilities are ``distilled * prior ** prior_weight``, renormalised
    (the prior alone when no pixel is confident or ``distillation`` is off).
+
+:func:`unary_parts` returns each step's result (``UnaryParts``), for measuring variants
+of step 3 (``scripts/refine_variants.py``).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +31,85 @@ from jaxseg.refinement.config import RefineConfig
 from jaxseg.refinement.features import FOURIER_COLUMNS, encode_pixels
 from jaxseg.refinement.graphcut import MIN_PROBABILITY
 from jaxseg.refinement.smoothing import edge_aware_smooth
+
+
+class UnaryParts(NamedTuple):
+    """What :func:`unary_parts` reads off one image's maps (all on its canvas).
+
+    Attributes:
+      relative: float ``[K, H, W]`` the smoothed maps, each rescaled to [0, 1].
+      levels: the image's (theta, mu_bg, mu_fg) (``seeds.image_levels``).
+      prior: float ``[K + 1, H, W]`` probabilities read directly off the maps
+        (``seeds.score_probabilities``; background first).
+      pseudo: int32 ``[H, W]`` the confident pixels' labels (0 background), -1 elsewhere.
+      distilled: float ``[K + 1, H, W]`` the distillation classifier's probabilities
+        (the prior when ``distillation`` is off).
+    """
+
+    relative: jax.Array
+    levels: seeds.Levels
+    prior: jax.Array
+    pseudo: jax.Array
+    distilled: jax.Array
+
+
+def read_maps(image: jax.Array, size_hw: jax.Array, scores: jax.Array, label_mask: jax.Array,
+              config: RefineConfig) -> tuple[jax.Array, seeds.Levels]:
+    """Step 1's reading of the maps: smoothed along the image's edges, rescaled, levels.
+
+    Args: as :func:`image_unaries`.
+
+    Returns:
+      float ``[K, H, W]`` rescaled maps and the image's levels (theta, mu_bg, mu_fg).
+    """
+    valid = seeds.valid_mask(image.shape[:2], size_hw)
+    if config.smooth_spatial > 0:
+        scores = edge_aware_smooth(image, scores, valid, config.smooth_spatial * jnp.max(size_hw),
+                                   config.smooth_colour)
+    relative = seeds.normalize_scores(scores, valid, label_mask)
+    return relative, seeds.image_levels(relative, valid, label_mask, config)
+
+
+def unary_parts(image: jax.Array, size_hw: jax.Array, scores: jax.Array, label_mask: jax.Array,
+                features: Optional[jax.Array], feature_grid: Optional[jax.Array],
+                config: RefineConfig) -> UnaryParts:
+    """Steps 1 and 2 of the module docstring, each result kept (args as :func:`image_unaries`)."""
+    relative, levels = read_maps(image, size_hw, scores, label_mask, config)
+    prior = seeds.score_probabilities(relative, label_mask, levels, config)
+    valid = seeds.valid_mask(image.shape[:2], size_hw)
+    pseudo = seeds.pseudo_labels(relative, valid, label_mask, levels, size_hw, config)
+    if not config.distillation:
+        return UnaryParts(relative, levels, prior, pseudo, prior)
+    distilled = distil(image, size_hw, features, feature_grid, pseudo, label_mask, config,
+                       jax.random.key(config.seed))
+    return UnaryParts(relative, levels, prior, pseudo, distilled)
+
+
+def distil(image: jax.Array, size_hw: jax.Array, features: Optional[jax.Array],
+           feature_grid: Optional[jax.Array], pseudo: jax.Array, label_mask: jax.Array,
+           config: RefineConfig, key: jax.Array) -> jax.Array:
+    """Step 2: the classifier fitted on the ``[H, W]`` pseudo-labels (-1: unlabelled) and
+    its probabilities ``[K + 1, H, W]`` at every pixel (other args as :func:`image_unaries`)."""
+    rows = encode_pixels(image, size_hw, features, feature_grid, config)
+    num_labels = label_mask.shape[0] + 1
+    outputs = classifier_lib.padded_outputs(num_labels, config.classifier)
+    class_mask = classifier_lib.output_mask(label_mask.sum() + 1, outputs)
+    # Labels are packed first, so the k-th output is label k (0: background).
+    params = classifier_lib.fit(key, rows, pseudo.reshape(-1), class_mask, config.classifier,
+                                FOURIER_COLUMNS)
+    distilled = classifier_lib.predict(params, rows, class_mask)[:, :num_labels]
+    return distilled.T.reshape((num_labels,) + image.shape[:2])
+
+
+def mix_unaries(distilled: jax.Array, prior: jax.Array, pseudo: jax.Array, label_mask: jax.Array,
+                prior_weight: float) -> jax.Array:
+    """Step 3: ``distilled * prior ** prior_weight``, renormalised over the real labels
+    (the prior alone when no pixel is confident). Arrays as in :class:`UnaryParts`."""
+    log_mixed = (jnp.log(jnp.maximum(distilled, MIN_PROBABILITY))
+                 + prior_weight * jnp.log(jnp.maximum(prior, MIN_PROBABILITY)))
+    mixed = jax.nn.softmax(jnp.where(jnp.concatenate([jnp.ones(1, bool), label_mask])[:, None, None],
+                                     log_mixed, -jnp.inf), axis=0)
+    return jnp.where((pseudo >= 0).any(), mixed, prior)
 
 
 def image_unaries(image: jax.Array, size_hw: jax.Array, scores: jax.Array, label_mask: jax.Array,
@@ -48,30 +130,10 @@ def image_unaries(image: jax.Array, size_hw: jax.Array, scores: jax.Array, label
       float32 ``[K + 1, H, W]`` probabilities (background first), meaningful on the
       image's pixels.
     """
-    valid = seeds.valid_mask(image.shape[:2], size_hw)
-    if config.smooth_spatial > 0:
-        scores = edge_aware_smooth(image, scores, valid, config.smooth_spatial * jnp.max(size_hw),
-                                   config.smooth_colour)
-    relative = seeds.normalize_scores(scores, valid, label_mask)
-    levels = seeds.image_levels(relative, valid, label_mask, config)
-    prior = seeds.score_probabilities(relative, label_mask, levels, config)
+    parts = unary_parts(image, size_hw, scores, label_mask, features, feature_grid, config)
     if not config.distillation:
-        return prior
-    pseudo = seeds.pseudo_labels(relative, valid, label_mask, levels, size_hw, config)
-    rows = encode_pixels(image, size_hw, features, feature_grid, config)
-    num_labels = scores.shape[0] + 1
-    outputs = classifier_lib.padded_outputs(num_labels, config.classifier)
-    class_mask = classifier_lib.output_mask(label_mask.sum() + 1, outputs)
-    # Labels are packed first, so the k-th output is label k (0: background).
-    params = classifier_lib.fit(jax.random.key(config.seed), rows, pseudo.reshape(-1), class_mask,
-                                config.classifier, FOURIER_COLUMNS)
-    distilled = classifier_lib.predict(params, rows, class_mask)[:, :num_labels]
-    distilled = distilled.T.reshape(prior.shape)
-    log_mixed = (jnp.log(jnp.maximum(distilled, MIN_PROBABILITY))
-                 + config.prior_weight * jnp.log(jnp.maximum(prior, MIN_PROBABILITY)))
-    mixed = jax.nn.softmax(jnp.where(jnp.concatenate([jnp.ones(1, bool), label_mask])[:, None, None],
-                                     log_mixed, -jnp.inf), axis=0)
-    return jnp.where((pseudo >= 0).any(), mixed, prior)
+        return parts.prior
+    return mix_unaries(parts.distilled, parts.prior, parts.pseudo, label_mask, config.prior_weight)
 
 
 def to_canvas(maps: jax.Array, content_hw: jax.Array, size_hw: jax.Array,
