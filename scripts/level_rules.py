@@ -116,7 +116,8 @@ def boundary_contrast(top: np.ndarray, image: np.ndarray) -> np.ndarray:
     low, high, step = np.concatenate(low), np.concatenate(high), np.concatenate(step)
     contrast = 1 - np.exp(-step / (2 * step.mean() + 1e-9))
     # A pair crosses the level tau when low <= tau < high: add it over that range of levels.
-    levels = np.arange(1, STEPS) / STEPS
+    # In top's dtype: the argmax compares top > n / STEPS in it.
+    levels = (np.arange(1, STEPS) / STEPS).astype(top.dtype)
     start, stop = np.searchsorted(levels, low), np.searchsorted(levels, high)
     total, count = np.zeros(STEPS), np.zeros(STEPS)
     for values, out in ((contrast, total), (np.ones_like(contrast), count)):
@@ -129,7 +130,7 @@ def boundary_contrast(top: np.ndarray, image: np.ndarray) -> np.ndarray:
 def image_levels(item: tuple[str, np.ndarray, np.ndarray, list[int]]) -> dict:
     """Per recipe, for one ``recipes.load_item`` item with at least one label: confusions
     ``[STEPS - 1, 21, 21]`` of the argmax at every level, and the level index each rule
-    picks (Otsu's and the two colour-information maxima)."""
+    picks (Otsu's, the two colour-information maxima and the two boundary-contrast maxima)."""
     image_id, image, gt, class_ids = item
     config = RefineConfig()
     height, width = refinement_size(*image.shape[:2], config)

@@ -96,10 +96,12 @@ def image_variants(job: tuple[Path, str]) -> dict[tuple[str, str], np.ndarray]:
         mixed = unaries[STAGE]
         confident = np.where(mixed.max(axis=0) >= SECOND_ROUND_LEVEL, mixed.argmax(axis=0), -1)
         confident[height:], confident[:, width:] = -1, -1
-        refitted = _distil(canvas, size_hw, None, None, confident.astype(np.int32), label_mask,
-                           config, jax.random.key(config.seed + 1))
-        unaries["second round"] = _mix(np.asarray(refitted), parts, label_mask, config)
-        # (mix_unaries falls back to the prior for an image without confident pixels.)
+        unaries["second round"] = mixed  # a classifier fitted on no pixel means nothing
+        if (confident >= 0).any():
+            refitted = _distil(canvas, size_hw, None, None, confident.astype(np.int32), label_mask,
+                               config, jax.random.key(config.seed + 1))
+            unaries["second round"] = _mix(np.asarray(refitted), parts, label_mask, config)
+        # mix_unaries gives the prior itself to an image without confident pixels.
         for variant, probabilities in unaries.items():
             out[name, variant] = recipes.confusion(
                 gt, class_ids, cut_unaries(image, probabilities[crop], config), VOC_IDS)

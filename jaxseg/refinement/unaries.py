@@ -57,7 +57,12 @@ def read_maps(image: jax.Array, size_hw: jax.Array, scores: jax.Array, label_mas
               config: RefineConfig) -> tuple[jax.Array, seeds.Levels]:
     """Step 1's reading of the maps: smoothed along the image's edges, rescaled, levels.
 
-    Args: as :func:`image_unaries`.
+    Args:
+      image: uint8 ``[H, W, 3]`` canvas holding the image at its top left.
+      size_hw: int ``[2]`` the image's size on the canvas.
+      scores: float ``[K, H, W]`` relevance maps on the same canvas.
+      label_mask: bool ``[K]`` the real labels.
+      config: the refinement settings.
 
     Returns:
       float ``[K, H, W]`` rescaled maps and the image's levels (theta, mu_bg, mu_fg).
@@ -73,7 +78,13 @@ def read_maps(image: jax.Array, size_hw: jax.Array, scores: jax.Array, label_mas
 def unary_parts(image: jax.Array, size_hw: jax.Array, scores: jax.Array, label_mask: jax.Array,
                 features: Optional[jax.Array], feature_grid: Optional[jax.Array],
                 config: RefineConfig) -> UnaryParts:
-    """Steps 1 and 2 of the module docstring, each result kept (args as :func:`image_unaries`)."""
+    """Steps 1 and 2 of the module docstring, each result kept.
+
+    Args: the same as :func:`image_unaries`.
+
+    Returns:
+      The :class:`UnaryParts` of the image; ``mix_unaries`` of them is ``image_unaries``.
+    """
     relative, levels = read_maps(image, size_hw, scores, label_mask, config)
     prior = seeds.score_probabilities(relative, label_mask, levels, config)
     valid = seeds.valid_mask(image.shape[:2], size_hw)
@@ -88,8 +99,22 @@ def unary_parts(image: jax.Array, size_hw: jax.Array, scores: jax.Array, label_m
 def distil(image: jax.Array, size_hw: jax.Array, features: Optional[jax.Array],
            feature_grid: Optional[jax.Array], pseudo: jax.Array, label_mask: jax.Array,
            config: RefineConfig, key: jax.Array) -> jax.Array:
-    """Step 2: the classifier fitted on the ``[H, W]`` pseudo-labels (-1: unlabelled) and
-    its probabilities ``[K + 1, H, W]`` at every pixel (other args as :func:`image_unaries`)."""
+    """Step 2: the classifier fitted on pseudo-labels, and its prediction at every pixel.
+
+    Args:
+      image: uint8 ``[H, W, 3]`` canvas holding the image at its top left.
+      size_hw: int ``[2]`` the image's size on the canvas.
+      features: optional float ``[h, w, C]`` dense features of the image.
+      feature_grid: int ``[2]`` their real cells (with ``features``).
+      pseudo: int ``[H, W]`` training labels (0 background, k label k), -1 unlabelled; at
+        least one pixel must be labelled, or the result means nothing.
+      label_mask: bool ``[K]`` the real labels.
+      config: the refinement settings (``classifier``, the features' settings).
+      key: PRNG key of the training pixels, initialisation and Fourier map.
+
+    Returns:
+      float ``[K + 1, H, W]`` probabilities (background first).
+    """
     rows = encode_pixels(image, size_hw, features, feature_grid, config)
     num_labels = label_mask.shape[0] + 1
     outputs = classifier_lib.padded_outputs(num_labels, config.classifier)
@@ -103,8 +128,19 @@ def distil(image: jax.Array, size_hw: jax.Array, features: Optional[jax.Array],
 
 def mix_unaries(distilled: jax.Array, prior: jax.Array, pseudo: jax.Array, label_mask: jax.Array,
                 prior_weight: float) -> jax.Array:
-    """Step 3: ``distilled * prior ** prior_weight``, renormalised over the real labels
-    (the prior alone when no pixel is confident). Arrays as in :class:`UnaryParts`."""
+    """Step 3: ``distilled * prior ** prior_weight``, renormalised over the real labels.
+
+    Args:
+      distilled: float ``[K + 1, H, W]`` the classifier's probabilities.
+      prior: float ``[K + 1, H, W]`` the maps' own probabilities.
+      pseudo: int ``[H, W]`` the pseudo-labels the classifier was fitted on (-1 unlabelled).
+      label_mask: bool ``[K]`` the real labels (padding labels get no probability).
+      prior_weight: the prior's exponent (``RefineConfig.prior_weight``).
+
+    Returns:
+      float32 ``[K + 1, H, W]`` probabilities; the prior itself when no pixel of
+      ``pseudo`` is labelled (the classifier then learned nothing).
+    """
     log_mixed = (jnp.log(jnp.maximum(distilled, MIN_PROBABILITY))
                  + prior_weight * jnp.log(jnp.maximum(prior, MIN_PROBABILITY)))
     mixed = jax.nn.softmax(jnp.where(jnp.concatenate([jnp.ones(1, bool), label_mask])[:, None, None],
