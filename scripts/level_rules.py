@@ -41,10 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import refine_recipes as recipes  # noqa: E402
 from eval_refine import VOC_IDS  # noqa: E402
-from jaxseg.imaging import resize_image, resize_maps  # noqa: E402
 from jaxseg.refinement import seeds  # noqa: E402
 from jaxseg.refinement.config import RefineConfig  # noqa: E402
-from jaxseg.refinement.refine import refinement_size  # noqa: E402
+from jaxseg.refinement.refine import lay_on_canvas, refinement_size  # noqa: E402
 from jaxseg.refinement.unaries import read_maps  # noqa: E402
 
 STEPS = 50  # levels tau = n / STEPS, n = 1 .. STEPS - 1
@@ -134,25 +133,20 @@ def image_levels(item: tuple[str, np.ndarray, np.ndarray, list[int]]) -> dict:
     image_id, image, gt, class_ids = item
     config = RefineConfig()
     height, width = refinement_size(*image.shape[:2], config)
-    small = resize_image(image, (height, width))
     small_gt = np.asarray(Image.fromarray(gt).resize((width, height), Image.NEAREST))
-    canvas = np.zeros((config.max_size, config.max_size, 3), np.uint8)
-    canvas[:height, :width] = small
-    padded = 1 << (len(class_ids) - 1).bit_length()
-    quantised = (small // (256 // COLOUR_BINS)).astype(np.int64)
-    colour = ((quantised[..., 0] * COLOUR_BINS + quantised[..., 1]) * COLOUR_BINS
-              + quantised[..., 2]).ravel()
     out = {}
     for name, recipe in recipes.RECIPES.items():
-        maps = np.zeros((padded, config.max_size, config.max_size), np.float32)
-        maps[:len(class_ids), :height, :width] = resize_maps(
-            recipes.coarse_maps(recipe, image_id, image, gt, class_ids), (height, width))
-        top, best, otsu = jax.device_get(_best_map(canvas, np.array([height, width], np.int32), maps,
-                                                   np.arange(padded) < len(class_ids)))
+        canvas, maps, size_hw, label_mask = lay_on_canvas(
+            image, recipes.coarse_maps(recipe, image_id, image, gt, class_ids), config)
+        small = canvas[:height, :width]
+        top, best, otsu = jax.device_get(_best_map(canvas, size_hw, maps, label_mask))
         top, best = top[:height, :width], best[:height, :width]
         confusions = np.stack([
             recipes.confusion(small_gt, class_ids, np.where(top > n / STEPS, best + 1, 0), VOC_IDS)
             for n in range(1, STEPS)])
+        quantised = (small // (256 // COLOUR_BINS)).astype(np.int64)
+        colour = ((quantised[..., 0] * COLOUR_BINS + quantised[..., 1]) * COLOUR_BINS
+                  + quantised[..., 2]).ravel()
         binary, labels = colour_information(top.ravel(), best.ravel(), colour, len(class_ids))
         otsu_index = int(round(float(otsu) * STEPS)) - 1
         contrast = boundary_contrast(top, small)

@@ -38,9 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import refine_recipes as recipes  # noqa: E402
 from eval_refine import VOC_IDS  # noqa: E402
-from jaxseg.imaging import resize_image, resize_maps  # noqa: E402
+from jaxseg.imaging import resize_maps  # noqa: E402
 from jaxseg.refinement.config import RefineConfig  # noqa: E402
-from jaxseg.refinement.refine import cut_unaries, refinement_size  # noqa: E402
+from jaxseg.refinement.refine import cut_unaries, lay_on_canvas  # noqa: E402
 from jaxseg.refinement.unaries import UnaryParts, distil, mix_unaries, unary_parts  # noqa: E402
 
 WEIGHTS = (0.0, 0.5, 1.0, 1.5)
@@ -67,27 +67,22 @@ def image_variants(job: tuple[Path, str]) -> dict[tuple[str, str], np.ndarray]:
     if not class_ids:  # background only: every variant predicts it (its pixels still count)
         empty = recipes.confusion(gt, class_ids, np.zeros(gt.shape, np.int32), VOC_IDS)
         return {(name, variant): empty for name in recipes.RECIPES for variant in VARIANTS}
-    height, width = refinement_size(*image.shape[:2], config)
-    canvas_hw = tuple(-(-side // 64) * 64 for side in (height, width))
-    num_labels, padded = len(class_ids), 1 << (len(class_ids) - 1).bit_length()
-    canvas = np.zeros(canvas_hw + (3,), np.uint8)
-    canvas[:height, :width] = resize_image(image, (height, width))
-    size_hw, label_mask = np.array([height, width], np.int32), np.arange(padded) < num_labels
-    crop = (slice(0, num_labels + 1), slice(0, height), slice(0, width))
+    num_labels = len(class_ids)
     crf = recipes._CRF(image, num_labels + 1)  # its pairwise terms serve every recipe
     out = {}
     for name, recipe in recipes.RECIPES.items():
-        maps = np.zeros((padded,) + canvas_hw, np.float32)
         # Rounded to float16 as eval_refine.py's cache stores them, so that the stage's
         # row is its column (c): rounding alone moved single recipes by up to 0.6 mIoU.
         full_maps = recipes.coarse_maps(recipe, image_id, image, gt, class_ids)
-        maps[:num_labels, :height, :width] = resize_maps(
-            full_maps.astype(np.float16).astype(np.float32), (height, width))
+        canvas, maps, size_hw, label_mask = lay_on_canvas(
+            image, full_maps.astype(np.float16).astype(np.float32), config)
+        height, width = size_hw
+        crop = (slice(0, num_labels + 1), slice(0, height), slice(0, width))
         parts = jax.device_get(_parts(canvas, size_hw, maps, label_mask, None, None, config))
         unaries = {}
         for weight, variant in zip(WEIGHTS, VARIANTS):
             unaries[variant] = _mix(parts.distilled ** weight, parts, label_mask, config)
-        frequency = np.bincount(parts.pseudo[parts.pseudo >= 0], minlength=padded + 1) + 1.0
+        frequency = np.bincount(parts.pseudo[parts.pseudo >= 0], minlength=len(label_mask) + 1) + 1.0
         mass = parts.prior[:, :height, :width].mean(axis=(1, 2)) + 1e-3
         log_ratio = np.log(mass / mass.sum()) - np.log(frequency / frequency.sum())
         for gain in ADJUSTMENTS:

@@ -10,7 +10,8 @@ from scipy.ndimage import gaussian_filter, shift
 from jaxseg.refinement import seeds
 from jaxseg.refinement.config import RefineConfig
 from jaxseg.refinement import graphcut
-from jaxseg.refinement.refine import graph_cut, refine
+from jaxseg.imaging import resize_image, resize_maps
+from jaxseg.refinement.refine import graph_cut, lay_on_canvas, refine
 from jaxseg.refinement.smoothing import edge_aware_smooth
 from jaxseg.refinement.unaries import distil, image_unaries, mix_unaries, unary_parts
 
@@ -270,6 +271,26 @@ def test_unary_parts_recompose_the_unaries_and_distil_refits_on_any_seeds():
                         RefineConfig(distillation=False))
     np.testing.assert_array_equal(plain.distilled, plain.prior)
     np.testing.assert_array_equal(plain.prior, parts.prior)
+
+
+def test_canvas_holds_the_resized_image_at_the_top_left_in_a_shared_bucket():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 500, 3)).astype(np.uint8)
+    scores = rng.random((3, 300, 500)).astype(np.float32)
+    laid = lay_on_canvas(image, scores, RefineConfig())  # max_size 192: 115 x 192
+    np.testing.assert_array_equal(laid.size_hw, [115, 192])
+    assert laid.image.shape == (128, 192, 3) and laid.maps.shape == (4, 128, 192)
+    np.testing.assert_array_equal(laid.label_mask, [True, True, True, False])
+    np.testing.assert_array_equal(laid.image[:115], resize_image(image, (115, 192)))
+    np.testing.assert_array_equal(laid.maps[:3, :115], resize_maps(scores, (115, 192)))
+    assert not laid.image[115:].any() and not laid.maps[:, 115:].any() and not laid.maps[3].any()
+    # A slightly smaller image with 4 labels shares the compiled program's shapes.
+    other = lay_on_canvas(image[:280, :480], rng.random((4, 280, 480)), RefineConfig())
+    assert other.image.shape == laid.image.shape and other.maps.shape == laid.maps.shape
+    small = lay_on_canvas(image[:40, :50], scores[:1, :40, :50], RefineConfig())
+    np.testing.assert_array_equal(small.size_hw, [40, 50])
+    assert small.image.shape == (64, 64, 3) and small.maps.shape == (1, 64, 64)
+    np.testing.assert_array_equal(small.image[:40, :50], image[:40, :50])
 
 
 def test_seeds_and_prior_ignore_the_padding_exactly():

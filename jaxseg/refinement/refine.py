@@ -15,6 +15,8 @@ features.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import numpy as np
 
@@ -114,6 +116,48 @@ def refinement_size(height: int, width: int, config: RefineConfig) -> tuple[int,
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+class Canvas(NamedTuple):
+    """One image laid out for the unaries program (:func:`lay_on_canvas`).
+
+    Attributes:
+      image: uint8 ``[Hc, Wc, 3]`` the image at refinement size, at the top left.
+      maps: float32 ``[L, Hc, Wc]`` its maps likewise; labels past K are zero.
+      size_hw: int32 ``[2]`` the refinement size (h, w).
+      label_mask: bool ``[L]`` True for the K real labels.
+    """
+
+    image: np.ndarray
+    maps: np.ndarray
+    size_hw: np.ndarray
+    label_mask: np.ndarray
+
+
+def lay_on_canvas(image: np.ndarray, scores: np.ndarray, config: RefineConfig) -> Canvas:
+    """Resizes an image and its maps to the refinement size and lays them on a canvas.
+
+    The canvas is padded to a multiple of 64 pixels and the labels to a power of two, so
+    that images of similar sizes and label counts share one compiled program.
+
+    Args:
+      image: uint8 ``[H, W, 3]`` RGB image.
+      scores: float ``[K, H, W]`` relevance maps, K >= 1.
+      config: ``max_size``, the refinement size's long side.
+
+    Returns:
+      The :class:`Canvas`.
+    """
+    num_labels = scores.shape[0]
+    small_hw = refinement_size(*image.shape[:2], config)
+    canvas_hw = tuple(-(-side // _CANVAS_STEP) * _CANVAS_STEP for side in small_hw)
+    padded_labels = 1 << (num_labels - 1).bit_length()
+    canvas = np.zeros(canvas_hw + (3,), np.uint8)
+    canvas[:small_hw[0], :small_hw[1]] = resize_image(image, small_hw)
+    maps = np.zeros((padded_labels,) + canvas_hw, np.float32)
+    maps[:num_labels, :small_hw[0], :small_hw[1]] = resize_maps(scores, small_hw)
+    return Canvas(canvas, maps, np.array(small_hw, np.int32),
+                  np.arange(padded_labels) < num_labels)
+
+
 def cut_unaries(image: np.ndarray, unaries: np.ndarray, config: RefineConfig = RefineConfig()
                 ) -> np.ndarray:
     """The host part of refinement: graph cut at refinement size, labels upsampled.
@@ -150,9 +194,9 @@ def refine(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None = 
 
     Image and scores are resized to the refinement size (:func:`refinement_size`, at
     most ``max_size`` long), the unaries computed by one compiled program
-    (:func:`jaxseg.refinement.unaries.image_unaries`; the canvas is padded to a multiple
-    of 64 pixels and the labels to a power of two, so similar images share it), then cut
-    and upsampled on the host (:func:`cut_unaries`).
+    (:func:`jaxseg.refinement.unaries.image_unaries` on the canvas of
+    :func:`lay_on_canvas`, which similar images share), then cut and upsampled on the host
+    (:func:`cut_unaries`).
 
     Args:
       image: uint8 ``[H, W, 3]`` RGB image.
@@ -173,15 +217,9 @@ def refine(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None = 
     num_labels = scores.shape[0]
     if num_labels == 0:
         return np.zeros((height, width), np.int32)
-    small_hw = refinement_size(height, width, config)
-    canvas_hw = tuple(-(-side // _CANVAS_STEP) * _CANVAS_STEP for side in small_hw)
-    padded_labels = 1 << (num_labels - 1).bit_length()
-    canvas = np.zeros(canvas_hw + (3,), np.uint8)
-    canvas[:small_hw[0], :small_hw[1]] = resize_image(image, small_hw)
-    maps = np.zeros((padded_labels,) + canvas_hw, np.float32)
-    maps[:num_labels, :small_hw[0], :small_hw[1]] = resize_maps(scores, small_hw)
+    laid = lay_on_canvas(image, scores, config)
     grid = None if features is None else np.array(features.shape[:2], np.int32)
-    unaries = _image_unaries(canvas, np.array(small_hw, np.int32), maps,
-                             np.arange(padded_labels) < num_labels, features, grid, config)
-    return cut_unaries(image, np.asarray(unaries)[:num_labels + 1, :small_hw[0], :small_hw[1]],
-                       config)
+    unaries = _image_unaries(laid.image, laid.size_hw, laid.maps, laid.label_mask, features, grid,
+                             config)
+    small_h, small_w = laid.size_hw
+    return cut_unaries(image, np.asarray(unaries)[:num_labels + 1, :small_h, :small_w], config)
