@@ -25,11 +25,22 @@ the leave-one-recipe-out table: for each recipe, the candidate with the best mea
 the other recipes, and its result on the held-out one. Column (c) is the first candidate
 (put ``{}``, the defaults, first).
 
-Maps and baseline confusions are cached per image under ``--cache`` (the CRF runs 12
-times per image and recipe; ~25 min for coco-dev on two cores the first time).
+``--family held-out`` runs the same measures on ``heldout_recipes.HELD_OUT`` instead:
+recipes written after the stage's defaults were frozen, by someone who had not read the
+stage, and never used to choose anything (an unseen-recipe check of the kind an
+independent reviewer runs).
+
+``--constants B T`` also prints (a) at background score B and (d) at power T (values of
+their grids), e.g. the main family's best single constants when measuring the held-out
+family, whose own best single constants the script prints anyway.
+
+Maps and baseline confusions are cached per image under ``--cache`` (``--cache``/held-out
+for the held-out family; the CRF runs 12 times per image and recipe: on two cores the
+first run took 69 min for the main family and 19 min for the held-out one).
 
 Usage: python scripts/eval_refine.py [--data ../shared/data/coco-dev] [--limit N]
-       [--candidates FILE] [--workers 2] [--cache DIR]
+       [--candidates FILE] [--workers 2] [--cache DIR] [--family main|held-out]
+       [--constants B T]
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import heldout_recipes  # noqa: E402
 import refine_recipes as recipes  # noqa: E402
 from jaxseg.imaging import resize_image  # noqa: E402
 from jaxseg.refinement.classifier import ClassifierConfig  # noqa: E402
@@ -57,6 +69,7 @@ from jaxseg.refinement.refine import refine  # noqa: E402
 
 TIMING_IMAGE = "000000000049"
 VOC_IDS = 21  # background and the 20 VOC classes
+FAMILIES = {"main": recipes.RECIPES, "held-out": heldout_recipes.HELD_OUT}
 
 
 def config_of(overrides: dict) -> RefineConfig:
@@ -70,14 +83,14 @@ def config_of(overrides: dict) -> RefineConfig:
 def cached_baselines(job) -> str:
     """Writes one image's maps (float16 ``<recipe>_<id>.npy``) and its (a) and (d)
     confusions for every constant (``<id>.pkl``) to the cache, unless already there."""
-    data, cache, image_id = job
+    data, cache, image_id, family = job
     path = cache / f"{image_id}.pkl"
     if path.exists():
         return image_id
     _, image, gt, class_ids = recipes.load_item(data, "voc20", image_id)
     crf = recipes._CRF(image, len(class_ids) + 1) if class_ids else None
     out = {}
-    for name, recipe in recipes.RECIPES.items():
+    for name, recipe in FAMILIES[family].items():
         maps = recipes.coarse_maps(recipe, image_id, image, gt, class_ids)
         out[name] = {
             "a": {b: recipes.confusion(gt, class_ids, recipes.argmax_predict(maps, b), VOC_IDS)
@@ -94,11 +107,11 @@ def cached_baselines(job) -> str:
 def refined(job) -> tuple[dict, np.ndarray]:
     """Confusions of graph cut alone and of every candidate on one image, per recipe,
     and seconds spent per candidate."""
-    data, cache, image_id, candidates = job
+    data, cache, image_id, candidates, family = job
     _, image, gt, class_ids = recipes.load_item(data, "voc20", image_id)
     configs = [config_of({"distillation": False})] + [config_of(c) for c in candidates]
     out, seconds = {}, np.zeros(len(configs))
-    for name in recipes.RECIPES:
+    for name in FAMILIES[family]:
         maps = np.load(cache / f"{name}_{image_id}.npy").astype(np.float32)
         for index, config in enumerate(configs):
             start = time.perf_counter()
@@ -132,41 +145,51 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path(".cache/eval_refine"),
                         help="maps and baseline confusions per image")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="main",
+                        help="the recipe family: the six of refine_recipes, or the held-out ones")
+    parser.add_argument("--constants", type=float, nargs=2, metavar=("B", "T"),
+                        help="also print (a) at background score B and (d) at power T")
     args = parser.parse_args()
+    if args.constants and (args.constants[0] not in recipes.THRESHOLDS
+                           or args.constants[1] not in recipes.POWERS):
+        parser.error(f"--constants: B must be one of {recipes.THRESHOLDS} and T one of "
+                     f"{recipes.POWERS}")
     candidates = json.loads(args.candidates.read_text()) if args.candidates else [{}]
     ids = recipes.image_ids(args.data, "voc20")[:args.limit]
-    args.cache.mkdir(parents=True, exist_ok=True)
+    cache = args.cache if args.family == "main" else args.cache / args.family
+    cache.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.workers) as pool:
-        for _ in pool.imap_unordered(cached_baselines, [(args.data, args.cache, i) for i in ids]):
+        for _ in pool.imap_unordered(cached_baselines,
+                                     [(args.data, cache, i, args.family) for i in ids]):
             pass
         totals, seconds = {}, 0.0
-        for out, spent in pool.imap_unordered(refined, [(args.data, args.cache, i, candidates)
-                                                         for i in ids]):
+        jobs = [(args.data, cache, i, candidates, args.family) for i in ids]
+        for out, spent in pool.imap_unordered(refined, jobs):
             seconds = seconds + spent
             for key, matrix in out.items():
                 totals[key] = totals.get(key, 0) + matrix
     baselines = {}
     for image_id in ids:
-        for name, parts in pickle.loads((args.cache / f"{image_id}.pkl").read_bytes()).items():
+        for name, parts in pickle.loads((cache / f"{image_id}.pkl").read_bytes()).items():
             for method, by_constant in parts.items():
                 for constant, matrix in by_constant.items():
                     key = (name, method, constant)
                     baselines[key] = baselines.get(key, 0) + matrix
     report(args, ids, candidates, totals, baselines,
-           seconds / (len(ids) * len(recipes.RECIPES)), time.perf_counter() - start)
+           seconds / (len(ids) * len(FAMILIES[args.family])), time.perf_counter() - start)
 
 
 def report(args, ids, candidates, totals, baselines, seconds, wall) -> None:
-    names = list(recipes.RECIPES)
+    names = list(FAMILIES[args.family])
     scores = {key: recipes.miou(matrix) for key, matrix in baselines.items()}
 
     def best(name, method):
         constant = max((k for k in scores if k[:2] == (name, method)), key=scores.get)
         return constant[2], scores[constant]
 
-    print(f"\nVOC-20, {len(ids)} images of {args.data.name} ({wall:.0f} s)\n")
+    print(f"\nVOC-20, {len(ids)} images of {args.data.name}, {args.family} recipes ({wall:.0f} s)\n")
     print("| recipe | (a) argmax (best b) | (b) graph cut | (c) full stage | (d) dense CRF "
           "(best t) | (c) - (a) | (c) - (d) |\n|---|---:|---:|---:|---:|---:|---:|")
     rows = []
@@ -187,6 +210,13 @@ def report(args, ids, candidates, totals, baselines, seconds, wall) -> None:
         chosen = max(means, key=means.get)
         print(f"- {label} = {chosen:g}: " + ", ".join(
             f"{n} {scores[(n, method, chosen)]:.1f}" for n in names) + f"; mean {means[chosen]:.1f}")
+    if args.constants:
+        print("\nBaselines at the given constants:\n")
+        for method, label, given in (("a", "(a) argmax, b", args.constants[0]),
+                                     ("d", "(d) dense CRF, t", args.constants[1])):
+            values = [scores[(n, method, given)] for n in names]
+            print(f"- {label} = {given:g}: " + ", ".join(
+                f"{n} {v:.1f}" for n, v in zip(names, values)) + f"; mean {np.mean(values):.1f}")
     print(f"\nseconds per image and recipe (in {args.workers} worker processes): "
           f"graph cut alone {seconds[0]:.3f}, full stage {seconds[1]:.3f}")
     if len(candidates) > 1:

@@ -134,19 +134,20 @@ def image_levels(item: tuple[str, np.ndarray, np.ndarray, list[int]]) -> dict:
     config = RefineConfig()
     height, width = refinement_size(*image.shape[:2], config)
     small_gt = np.asarray(Image.fromarray(gt).resize((width, height), Image.NEAREST))
-    out = {}
+    out, colour = {}, None
     for name, recipe in recipes.RECIPES.items():
         canvas, maps, size_hw, label_mask = lay_on_canvas(
             image, recipes.coarse_maps(recipe, image_id, image, gt, class_ids), config)
         small = canvas[:height, :width]
+        if colour is None:  # the image at refinement size is the same for every recipe
+            quantised = (small // (256 // COLOUR_BINS)).astype(np.int64)
+            colour = ((quantised[..., 0] * COLOUR_BINS + quantised[..., 1]) * COLOUR_BINS
+                      + quantised[..., 2]).ravel()
         top, best, otsu = jax.device_get(_best_map(canvas, size_hw, maps, label_mask))
         top, best = top[:height, :width], best[:height, :width]
         confusions = np.stack([
             recipes.confusion(small_gt, class_ids, np.where(top > n / STEPS, best + 1, 0), VOC_IDS)
             for n in range(1, STEPS)])
-        quantised = (small // (256 // COLOUR_BINS)).astype(np.int64)
-        colour = ((quantised[..., 0] * COLOUR_BINS + quantised[..., 1]) * COLOUR_BINS
-                  + quantised[..., 2]).ravel()
         binary, labels = colour_information(top.ravel(), best.ravel(), colour, len(class_ids))
         otsu_index = int(round(float(otsu) * STEPS)) - 1
         contrast = boundary_contrast(top, small)

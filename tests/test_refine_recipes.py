@@ -1,4 +1,5 @@
-"""The coarse-map recipes of scripts/refine_recipes.py keep their documented contract."""
+"""The coarse-map recipes of scripts/refine_recipes.py and scripts/heldout_recipes.py keep
+their documented contract."""
 
 import os
 import sys
@@ -8,7 +9,10 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
+import heldout_recipes  # noqa: E402
 import refine_recipes  # noqa: E402
+
+ALL_RECIPES = {**refine_recipes.RECIPES, **heldout_recipes.HELD_OUT}
 
 
 def _scene():
@@ -20,15 +24,17 @@ def _scene():
     return image, masks
 
 
-@pytest.mark.parametrize("name", list(refine_recipes.RECIPES))
+@pytest.mark.parametrize("name", list(ALL_RECIPES))
 def test_recipe_maps_are_deterministic_unit_maps_of_the_image_size(name):
     image, masks = _scene()
-    recipe = refine_recipes.RECIPES[name]
-    maps = np.clip(recipe(masks, image, np.random.default_rng(3)), 0, 1)
-    again = np.clip(recipe(masks, image, np.random.default_rng(3)), 0, 1)
+    recipe = ALL_RECIPES[name]
+    maps = recipe(masks, image, np.random.default_rng(3))
+    again = recipe(masks, image, np.random.default_rng(3))
     assert maps.shape == masks.shape and maps.dtype == np.float32
     np.testing.assert_array_equal(maps, again)
-    assert maps.max() <= 1.0 and maps.min() >= 0.0
+    # Each map peaks near 1 (at its grid cell's centre; bilinear upsampling may miss it).
+    assert maps.min() >= 0.0 and maps.max() <= 1.0
+    assert (maps.max(axis=(1, 2)) > 0.9).all()
     # Each map is higher on its own object than elsewhere on average.
     for k in range(len(masks)):
         assert maps[k][masks[k]].mean() > maps[k][~masks[k]].mean()

@@ -121,7 +121,8 @@ class Canvas(NamedTuple):
 
     Attributes:
       image: uint8 ``[Hc, Wc, 3]`` the image at refinement size, at the top left.
-      maps: float32 ``[L, Hc, Wc]`` its maps likewise; labels past K are zero.
+      maps: float32 ``[L, Hc, Wc]`` its K maps likewise, L = K rounded up to a power of
+        two; maps K .. L - 1 are zero.
       size_hw: int32 ``[2]`` the refinement size (h, w).
       label_mask: bool ``[L]`` True for the K real labels.
     """
