@@ -203,20 +203,23 @@ def report(args, ids, candidates, totals, baselines, seconds, wall) -> None:
     mean = np.mean(rows, axis=0)
     print(f"| mean | {mean[0]:.1f} | {mean[1]:.1f} | {mean[2]:.1f} | {mean[3]:.1f} | "
           f"{mean[2] - mean[0]:+.1f} | {mean[2] - mean[3]:+.1f} |")
+    baselines_of = (("a", "(a) argmax, b"), ("d", "(d) dense CRF, t"))
+
+    def constant_line(method, label, constant):
+        values = [scores[(n, method, constant)] for n in names]
+        listed = ", ".join(f"{n} {v:.1f}" for n, v in zip(names, values))
+        return f"- {label} = {constant:g}: {listed}; mean {np.mean(values):.1f}"
+
     print("\nBaselines with one constant for all recipes (the best on the mean):\n")
-    for method, label in (("a", "(a) argmax, b"), ("d", "(d) dense CRF, t")):
-        constants = sorted({k[2] for k in scores if k[1] == method})
-        means = {c: np.mean([scores[(n, method, c)] for n in names]) for c in constants}
-        chosen = max(means, key=means.get)
-        print(f"- {label} = {chosen:g}: " + ", ".join(
-            f"{n} {scores[(n, method, chosen)]:.1f}" for n in names) + f"; mean {means[chosen]:.1f}")
+    for method, label in baselines_of:
+        constants = {k[2] for k in scores if k[1] == method}
+        chosen = max(sorted(constants),
+                     key=lambda c: np.mean([scores[(n, method, c)] for n in names]))
+        print(constant_line(method, label, chosen))
     if args.constants:
         print("\nBaselines at the given constants:\n")
-        for method, label, given in (("a", "(a) argmax, b", args.constants[0]),
-                                     ("d", "(d) dense CRF, t", args.constants[1])):
-            values = [scores[(n, method, given)] for n in names]
-            print(f"- {label} = {given:g}: " + ", ".join(
-                f"{n} {v:.1f}" for n, v in zip(names, values)) + f"; mean {np.mean(values):.1f}")
+        for (method, label), given in zip(baselines_of, args.constants):
+            print(constant_line(method, label, given))
     print(f"\nseconds per image and recipe (in {args.workers} worker processes): "
           f"graph cut alone {seconds[0]:.3f}, full stage {seconds[1]:.3f}")
     if len(candidates) > 1:

@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import refine_recipes as recipes  # noqa: E402
 from eval_refine import VOC_IDS  # noqa: E402
+from jaxseg.imaging import resize_image  # noqa: E402
 from jaxseg.refinement import seeds  # noqa: E402
 from jaxseg.refinement.config import RefineConfig  # noqa: E402
 from jaxseg.refinement.refine import lay_on_canvas, refinement_size  # noqa: E402
@@ -133,16 +134,15 @@ def image_levels(item: tuple[str, np.ndarray, np.ndarray, list[int]]) -> dict:
     image_id, image, gt, class_ids = item
     config = RefineConfig()
     height, width = refinement_size(*image.shape[:2], config)
+    small = resize_image(image, (height, width))
     small_gt = np.asarray(Image.fromarray(gt).resize((width, height), Image.NEAREST))
-    out, colour = {}, None
+    quantised = (small // (256 // COLOUR_BINS)).astype(np.int64)
+    colour = ((quantised[..., 0] * COLOUR_BINS + quantised[..., 1]) * COLOUR_BINS
+              + quantised[..., 2]).ravel()
+    out = {}
     for name, recipe in recipes.RECIPES.items():
         canvas, maps, size_hw, label_mask = lay_on_canvas(
             image, recipes.coarse_maps(recipe, image_id, image, gt, class_ids), config)
-        small = canvas[:height, :width]
-        if colour is None:  # the image at refinement size is the same for every recipe
-            quantised = (small // (256 // COLOUR_BINS)).astype(np.int64)
-            colour = ((quantised[..., 0] * COLOUR_BINS + quantised[..., 1]) * COLOUR_BINS
-                      + quantised[..., 2]).ravel()
         top, best, otsu = jax.device_get(_best_map(canvas, size_hw, maps, label_mask))
         top, best = top[:height, :width], best[:height, :width]
         confusions = np.stack([
