@@ -14,10 +14,13 @@ Methods, per recipe:
   (b) graph cut alone: ``refine`` with ``RefineConfig(distillation=False)``;
   (c) the full stage, ``refine`` with ``RefineConfig()``: one config for every recipe and
       image;
-  (d) dense CRF with CLIP-ES's settings, at its best background power for that recipe.
+  (d) dense CRF with CLIP-ES's settings, at its best background power for that recipe;
+  (e) the full stage with levels calibrated on the run's maps: each recipe's images read
+      at the medians of their own Otsu levels (``calibrate.calibrate_levels``, what a
+      dataset run can do; it reads the maps, not the ground truth).
 Baselines (a) and (d) get their best constant per recipe, which no user can choose
 without ground truth; the script also prints them with the one constant that is best on
-the mean over recipes. (c) gets no per-recipe choice.
+the mean over recipes. (c) and (e) get no per-recipe choice.
 
 With ``--candidates FILE`` (a JSON list of ``RefineConfig`` overrides, e.g.
 ``[{}, {"prior_weight": 1.0}]``) every candidate runs as (c) too, and the script prints
@@ -63,6 +66,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import heldout_recipes  # noqa: E402
 import refine_recipes as recipes  # noqa: E402
 from jaxseg.imaging import resize_image  # noqa: E402
+from jaxseg.refinement.calibrate import calibrate_levels, map_levels  # noqa: E402
 from jaxseg.refinement.classifier import ClassifierConfig  # noqa: E402
 from jaxseg.refinement.config import RefineConfig  # noqa: E402
 from jaxseg.refinement.refine import refine  # noqa: E402
@@ -104,18 +108,29 @@ def cached_baselines(job) -> str:
     return image_id
 
 
+def levels_of(job) -> dict[str, np.ndarray]:
+    """Each recipe's ``map_levels`` of one image's cached maps (images with labels only)."""
+    data, cache, image_id, family = job
+    _, image, _, class_ids = recipes.load_item(data, "voc20", image_id)
+    if not class_ids:
+        return {}
+    return {name: map_levels(image, np.load(cache / f"{name}_{image_id}.npy").astype(np.float32))
+            for name in FAMILIES[family]}
+
+
 def refined(job) -> tuple[dict, np.ndarray]:
-    """Confusions of graph cut alone and of every candidate on one image, per recipe,
-    and seconds spent per candidate."""
-    data, cache, image_id, candidates, family = job
-    _, image, gt, class_ids = recipes.load_item(data, "voc20", image_id)
-    configs = [config_of({"distillation": False})] + [config_of(c) for c in candidates]
+    """Confusions of graph cut alone, the stage with calibrated levels and every
+    candidate on some images of one recipe, and seconds spent per configuration (one
+    recipe per job, so that a worker compiles few configurations)."""
+    data, cache, name, image_ids, configs = job
     out, seconds = {}, np.zeros(len(configs))
-    for name in FAMILIES[family]:
+    for image_id in image_ids:
+        _, image, gt, class_ids = recipes.load_item(data, "voc20", image_id)
         maps = np.load(cache / f"{name}_{image_id}.npy").astype(np.float32)
         for index, config in enumerate(configs):
             start = time.perf_counter()
-            out[(name, index)] = recipes.confusion(gt, class_ids, refine(image, maps, None, config), VOC_IDS)
+            matrix = recipes.confusion(gt, class_ids, refine(image, maps, None, config), VOC_IDS)
+            out[(name, index)] = out.get((name, index), 0) + matrix
             seconds[index] += time.perf_counter() - start
     return out, seconds
 
@@ -164,8 +179,19 @@ def main() -> None:
         for _ in pool.imap_unordered(cached_baselines,
                                      [(args.data, cache, i, args.family) for i in ids]):
             pass
+        levels = {}
+        for by_recipe in pool.imap(levels_of, [(args.data, cache, i, args.family) for i in ids],
+                                   chunksize=8):
+            for name, image_levels in by_recipe.items():
+                levels.setdefault(name, []).append(image_levels)
+    shared = [config_of({"distillation": False})] + [config_of(c) for c in candidates]
+    jobs = [(args.data, cache, name, ids, shared + [calibrate_levels(levels[name], shared[1])])
+            for name in FAMILIES[args.family]]
+    # One recipe per job and a fresh worker for each: every configuration compiles once per
+    # canvas, and a process never holds more than one recipe's (more than about ten
+    # compiled configurations exhaust one process's LLVM memory on this machine).
+    with context.Pool(args.workers, maxtasksperchild=1) as pool:
         totals, seconds = {}, 0.0
-        jobs = [(args.data, cache, i, candidates, args.family) for i in ids]
         for out, spent in pool.imap_unordered(refined, jobs):
             seconds = seconds + spent
             for key, matrix in out.items():
@@ -191,18 +217,22 @@ def report(args, ids, candidates, totals, baselines, seconds, wall) -> None:
 
     print(f"\nVOC-20, {len(ids)} images of {args.data.name}, {args.family} recipes ({wall:.0f} s)\n")
     print("| recipe | (a) argmax (best b) | (b) graph cut | (c) full stage | (d) dense CRF "
-          "(best t) | (c) - (a) | (c) - (d) |\n|---|---:|---:|---:|---:|---:|---:|")
+          "(best t) | (c) - (a) | (c) - (d) | (e) calibrated levels | (e) - (a) | (e) - (d) |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
+    calibrated = len(candidates) + 1  # (e): after (b) and the candidates
     for name in names:
         b, argmax = best(name, "a")
         t, crf = best(name, "d")
-        cut, full = recipes.miou(totals[(name, 0)]), recipes.miou(totals[(name, 1)])
-        rows.append((argmax, cut, full, crf))
+        cut, full, levels = (recipes.miou(totals[(name, index)]) for index in (0, 1, calibrated))
+        rows.append((argmax, cut, full, crf, levels))
         print(f"| {name} | {argmax:.1f} ({b:g}) | {cut:.1f} | {full:.1f} | {crf:.1f} ({t:g}) | "
-              f"{full - argmax:+.1f} | {full - crf:+.1f} |")
+              f"{full - argmax:+.1f} | {full - crf:+.1f} | {levels:.1f} | {levels - argmax:+.1f} | "
+              f"{levels - crf:+.1f} |")
     mean = np.mean(rows, axis=0)
     print(f"| mean | {mean[0]:.1f} | {mean[1]:.1f} | {mean[2]:.1f} | {mean[3]:.1f} | "
-          f"{mean[2] - mean[0]:+.1f} | {mean[2] - mean[3]:+.1f} |")
+          f"{mean[2] - mean[0]:+.1f} | {mean[2] - mean[3]:+.1f} | {mean[4]:.1f} | "
+          f"{mean[4] - mean[0]:+.1f} | {mean[4] - mean[3]:+.1f} |")
     baselines_of = (("a", "(a) argmax, b"), ("d", "(d) dense CRF, t"))
 
     def constant_line(method, label, constant):
@@ -221,7 +251,8 @@ def report(args, ids, candidates, totals, baselines, seconds, wall) -> None:
         for (method, label), given in zip(baselines_of, args.constants):
             print(constant_line(method, label, given))
     print(f"\nseconds per image and recipe (in {args.workers} worker processes): "
-          f"graph cut alone {seconds[0]:.3f}, full stage {seconds[1]:.3f}")
+          f"graph cut alone {seconds[0]:.3f}, full stage {seconds[1]:.3f}, calibrated levels "
+          f"{seconds[calibrated]:.3f}")
     if len(candidates) > 1:
         table = np.array([[recipes.miou(totals[(name, index + 1)]) for name in names]
                           for index in range(len(candidates))])
@@ -234,7 +265,7 @@ def report(args, ids, candidates, totals, baselines, seconds, wall) -> None:
               "(c) - (a) | (c) - (d) |\n|---|---|---:|---:|---:|")
         for column, name in enumerate(names):
             chosen = int(np.delete(table, column, axis=1).mean(axis=1).argmax())
-            argmax, _, _, crf = rows[column]
+            argmax, _, _, crf, _ = rows[column]
             value = table[chosen, column]
             print(f"| {name} | {json.dumps(candidates[chosen])} | {value:.1f} | "
                   f"{value - argmax:+.1f} | {value - crf:+.1f} |")

@@ -148,15 +148,17 @@ def test_otsu_rule_places_seeds_at_each_images_own_levels():
         RefineConfig(threshold_rule="mean")
 
 
-@pytest.mark.parametrize("rule", ["fixed", "otsu"])
+@pytest.mark.parametrize("rule", ["fixed", "otsu", "dataset"])
 def test_score_probabilities_argmax_is_thresholded_argmax(rule):
     scores = np.random.default_rng(0).random((3, 9, 9)).astype(np.float32)
-    config = RefineConfig(threshold_rule=rule, background_score=0.05)
+    config = RefineConfig(threshold_rule=rule, background_score=0.05, levels=(0.7, 0.2, 0.9))
     levels, _, probabilities = _read_maps(scores, config)
     np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, rtol=1e-5)
     relative = (scores - scores.min((1, 2), keepdims=True)) / np.ptp(scores, (1, 2), keepdims=True)
     background = levels[0] + config.background_score
-    assert (background > 0.05) == (rule == "otsu")
+    assert (background > 0.05) == (rule != "fixed")
+    # The dataset rule reads the image at the config's levels, not at its own split.
+    assert (levels == pytest.approx((0.7, 0.2, 0.9))) == (rule == "dataset")
     expected = np.where(relative.max(0) > background, relative.argmax(0) + 1, 0)
     np.testing.assert_array_equal(probabilities.argmax(axis=0), expected)
 

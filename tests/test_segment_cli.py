@@ -130,6 +130,9 @@ def test_auto_labels_write_their_scores(tmp_path, run):
     (["IMG"], "give labels"),
     (["IMG", "--labels", "auto", "--vocab", "/no/vocab.txt"], "neither 'voc', 'coco'"),
     (["IMG", "--labels", "a", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["IMG", "--labels", "a", "--calibrate-levels", "0"], "--calibrate-levels must be >= 1"),
+    (["IMG", "--labels", "a", "--refine", "none", "--calibrate-levels", "4"],
+     "--calibrate-levels calibrates jaxseg's graph-cut refinement"),
 ])
 def test_user_errors_exit_2_in_one_line(tmp_path, capsys, args, message):
     args = [str(tmp_path / "x.png") if arg == "IMG" else arg for arg in args]
@@ -154,6 +157,27 @@ def test_voc_dataset_run_and_resume(tmp_path, run, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_calibrated_levels_are_written_and_give_the_same_masks_again(tmp_path, run, capsys):
+    paths = random_images(tmp_path / "in", 5, seed=3)
+    out = tmp_path / "out"
+    assert run(*paths, "--labels", "cat,dog", "--calibrate-levels", 3, "--out", out) == 0
+    record = json.loads((out / "levels.json").read_text())
+    levels = record["levels"]
+    assert 0 <= levels["mu_bg"] <= levels["theta"] <= levels["mu_fg"] <= 1
+    assert record["images"] == 3 and record["sample"] == ["img0", "img2", "img4"]
+    first = comparable(out)
+    assert len(first) == 11  # five masks, five sidecars, levels.json
+    capsys.readouterr()
+    assert run(*paths, "--labels", "cat,dog", "--calibrate-levels", 3, "--out", out,
+               "--overwrite") == 0
+    assert "5 written" in capsys.readouterr().err
+    assert comparable(out) == first  # the same sample, levels and masks on a rerun
+    assert run(*paths, "--labels", "cat,dog", "--out", tmp_path / "own") == 0
+    own = comparable(tmp_path / "own")
+    masks = [name for name in own if name.endswith(".png")]
+    assert len(masks) == 5 and any(own[name] != first[name] for name in masks)
+
+
 def comparable(folder) -> dict:
     """Every file's content, JSON sidecars without their timings."""
     contents = {}
@@ -161,6 +185,6 @@ def comparable(folder) -> dict:
         data = (folder / name).read_bytes()
         if name.endswith(".json"):
             data = json.loads(data)
-            data.pop("timings")
+            data.pop("timings", None)
         contents[name] = data
     return contents

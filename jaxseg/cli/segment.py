@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="working canvas side (default 512)")
     run.add_argument("--refine-steps", type=int, metavar="N",
                      help="distillation steps of the refinement (default 100; fewer is faster)")
+    run.add_argument("--calibrate-levels", type=int, metavar="N",
+                     help="refine every image at levels calibrated on the maps of N images "
+                          "spread over the run (about 30; written to OUT/levels.json) instead "
+                          "of each image's own; graphcut refinement only")
     run.add_argument("--compile-cache", default=default_cache_dir(), metavar="DIR",
                      help="JAX compilation cache folder (default %(default)s)")
     run.add_argument("--no-compile-cache", action="store_true",
@@ -262,7 +266,7 @@ def _segment(args, console: Console) -> int:
     from jaxseg.run import sharding
 
     from jaxseg.clip.handle import load_clip
-    from jaxseg.run import plan, runner
+    from jaxseg.run import calibration, plan, runner
     from jaxseg.segmenter import Segmenter
 
     config = _config(args)
@@ -272,13 +276,24 @@ def _segment(args, console: Console) -> int:
     configure_compile_cache(None if args.no_compile_cache else args.compile_cache)
     if args.matmul_precision:
         jax.config.update("jax_default_matmul_precision", args.matmul_precision)
+    if args.calibrate_levels is not None and args.calibrate_levels < 1:
+        raise UsageError(f"--calibrate-levels must be >= 1, got {args.calibrate_levels}")
+    if args.calibrate_levels is not None and config.refine_mode != "graphcut":
+        raise UsageError(f"--calibrate-levels calibrates jaxseg's graph-cut refinement; drop it "
+                         f"or use --refine graphcut (this run refines with {config.refine_mode})")
     clip = load_clip(args.model, dtype=jax.numpy.dtype(args.dtype))
-    segmenter = Segmenter(clip, config, sharding.data_mesh(args.max_devices))
+    mesh = sharding.data_mesh(args.max_devices)
+    segmenter = Segmenter(clip, config, mesh)
     items, failures = plan.prepare_items(dataset.items, segmenter, console.warn)
     failures = dataset.failures + failures
     # Batches are planned from the whole list, the same in every process; each process
     # runs every N-th one and process 0 reports the listing's errors.
     batch_size = min(args.batch_size, max(1, len(items)))
+    if args.calibrate_levels is not None:
+        # Every process calibrates on the same sample, so all refine alike.
+        config = calibration.calibrated_config(segmenter, items, args.calibrate_levels, args.out,
+                                               batch_size, console.warn)
+        segmenter = Segmenter(clip, config, mesh)
     batches = plan.process_batches(plan.plan_batches(items, batch_size), jax.process_index(),
                                    jax.process_count())
     if jax.process_index() > 0:

@@ -30,14 +30,17 @@ class RefineConfig:
         at its boundary (recipe-family mean mIoU +1.0 on every second coco-dev image).
       smooth_colour: that filter's colour standard deviation (summed absolute 8-bit RGB
         differences between neighbours).
-      threshold_rule: "otsu" (the levels above) or "fixed" (theta = 0, mu_bg = 0,
-        mu_fg = 1: the thresholds are plain rescaled scores, for maps whose levels are
-        known in advance).
+      threshold_rule: "otsu" (the levels above), "dataset" (every image is read at the
+        same ``levels``, calibrated on a sample of the dataset's maps by
+        ``calibrate.calibrate_levels``; placed as under "otsu") or "fixed" (theta = 0,
+        mu_bg = 0, mu_fg = 1: the thresholds are plain rescaled scores, for maps whose
+        levels are known in advance).
+      levels: (theta, mu_bg, mu_fg) of the "dataset" rule (unused by the others).
       fg_threshold: a pixel is confident foreground of label k when k's rescaled score
         is the highest of all labels and >= theta + fg_threshold * (mu_fg - theta)
         (fixed rule: >= fg_threshold).
       bg_threshold: a pixel is confident background when the best rescaled score,
-        averaged over a window of ``background_margin`` (otsu rule only: isolated
+        averaged over a window of ``background_margin`` (otsu and dataset rules: isolated
         spikes do not veto a background region), stays <= mu_bg + bg_threshold *
         (theta - mu_bg) everywhere within ``background_margin`` of it (fixed rule:
         the unaveraged score <= bg_threshold).
@@ -52,7 +55,7 @@ class RefineConfig:
         turned into probabilities (``seeds.score_probabilities``); argmax over
         ``[background, scores]`` is then the thresholded argmax.
       score_temperature: softmax temperature of ``seeds.score_probabilities``, times
-        mu_fg - mu_bg under the otsu rule (low-contrast maps get a proportionally
+        mu_fg - mu_bg (otsu and dataset rules: low-contrast maps get a proportionally
         sharper softmax).
       prior_weight: exponent of ``seeds.score_probabilities`` multiplied into the
         distilled probabilities to form the graph-cut unaries (0: the classifier alone;
@@ -94,6 +97,7 @@ class RefineConfig:
     smooth_spatial: float = 0.05
     smooth_colour: float = 30.0
     threshold_rule: str = "otsu"
+    levels: tuple[float, float, float] = (0.0, 0.0, 1.0)
     fg_threshold: float = 0.3
     bg_threshold: float = 0.5
     background_margin: float = 0.035
@@ -116,6 +120,6 @@ class RefineConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.threshold_rule not in ("otsu", "fixed"):
-            raise ValueError(f"RefineConfig.threshold_rule must be 'otsu' or 'fixed', "
+        if self.threshold_rule not in ("otsu", "dataset", "fixed"):
+            raise ValueError(f"RefineConfig.threshold_rule must be 'otsu', 'dataset' or 'fixed', "
                              f"got {self.threshold_rule!r}")

@@ -62,9 +62,13 @@ def best_score(relative: jax.Array, label_mask: jax.Array) -> tuple[jax.Array, j
 def image_levels(relative: jax.Array, valid: jax.Array, label_mask: jax.Array,
                  config: RefineConfig) -> Levels:
     """(theta, mu_bg, mu_fg): Otsu's split of the best of the rescaled ``[K, H, W]`` maps
-    at each valid pixel (``threshold_rule`` "otsu"), or (0, 0, 1) for the "fixed" rule."""
+    at each valid pixel (``threshold_rule`` "otsu"), the config's ``levels`` ("dataset"),
+    or (0, 0, 1) ("fixed")."""
     if config.threshold_rule == "fixed":
         return jnp.float32(0.0), jnp.float32(0.0), jnp.float32(1.0)
+    if config.threshold_rule == "dataset":
+        theta, low, high = config.levels
+        return jnp.float32(theta), jnp.float32(low), jnp.float32(high)
     return otsu_levels(best_score(relative, label_mask)[0], valid)
 
 
@@ -135,7 +139,7 @@ def pseudo_labels(relative: jax.Array, valid: jax.Array, label_mask: jax.Array, 
     radius = jnp.round(config.background_margin * jnp.min(size_hw)).astype(jnp.int32)
     max_radius = round(config.background_margin * min(valid.shape))
     theta, low, high = levels
-    if config.threshold_rule == "otsu":
+    if config.threshold_rule != "fixed":
         fg_cut = theta + config.fg_threshold * (high - theta)
         bg_cut = low + config.bg_threshold * (theta - low)
         # Averaged first, so that isolated spikes do not veto a background region.
@@ -154,7 +158,7 @@ def score_probabilities(relative: jax.Array, label_mask: jax.Array, levels: Leve
 
     A softmax over ``[background, rescaled scores]`` with the background at
     ``background_score`` and temperature ``score_temperature``, both relative to the
-    image's levels under the "otsu" rule (see ``RefineConfig``); its argmax is the
+    levels (the image's own or the dataset's; see ``RefineConfig``); its argmax is the
     thresholded argmax of the maps. Padding labels get no probability.
     """
     theta, low, high = levels
