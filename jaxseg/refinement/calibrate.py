@@ -9,7 +9,7 @@ lie far apart (median split 0.31 for sparse gradient relevance, 0.50 for dense C
 similarities). When many images of one kind are refined, as in a dataset run, the median
 of their Otsu levels is a steadier reading than each image's own and still follows the
 method: :func:`calibrate_levels` turns a sample's levels into a ``RefineConfig`` with
-``threshold_rule="dataset"``. On the recipes of ``scripts/eval_refine.py`` this gained 2.8
+``threshold_rule="dataset"``. On the recipes of ``scripts/eval_refine.py`` this gained 3.0
 mIoU on the mean of the six main ones (on which the background score 0.08 was chosen)
 and lost 0.4 on the mean of the two held-out ones (BENCHMARKS.md, issue 14), so the
 stage's default stays each image's own levels.
