@@ -119,9 +119,9 @@ def levels_of(job) -> dict[str, np.ndarray]:
 
 
 def refined(job) -> tuple[dict, np.ndarray]:
-    """Confusions of graph cut alone, the stage with calibrated levels and every
-    candidate on some images of one recipe, and seconds spent per configuration (one
-    recipe per job, so that a worker compiles few configurations)."""
+    """Confusions of graph cut alone, every candidate and the stage with calibrated levels
+    on the given images of one recipe, and seconds spent per configuration (one recipe
+    per job, so that a worker compiles few configurations)."""
     data, cache, name, image_ids, configs = job
     out, seconds = {}, np.zeros(len(configs))
     for image_id in image_ids:
