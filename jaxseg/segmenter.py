@@ -18,6 +18,7 @@ Nothing is cached at module level: programs and caches go with their Segmenter a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import Optional, Sequence, Union
@@ -35,6 +36,7 @@ from jaxseg.labels.vocab import load_vocabulary
 from jaxseg.maps import batch as batch_lib
 from jaxseg.maps.scoring import label_map
 from jaxseg.maps import stage
+from jaxseg.refinement.config import RefineConfig
 from jaxseg.refinement.crf import dense_crf
 from jaxseg.refinement.refine import cut_unaries, refinement_size
 from jaxseg.refinement.unaries import batch_unaries_program
@@ -143,6 +145,14 @@ class Segmenter:
         background = prompts.background if self.config.relevance.needs_background else ()
         self._background = (np.stack([self._embed(name) for name in background]) if background
                             else np.zeros((0, clip.config.projection_dim), np.float32))
+
+    def with_refine(self, refine: RefineConfig) -> "Segmenter":
+        """This Segmenter with other refinement settings (e.g. calibrated levels); the two
+        share the dicts caching prepared labels, text embeddings and device parameters
+        (they depend on the model and prompts only) and the CLIP handle's programs."""
+        other = copy.copy(self)
+        other.config = dataclasses.replace(self.config, refine=refine)
+        return other
 
     def _embed(self, text: str) -> np.ndarray:
         """``[P]`` prompt-ensembled embedding of one query, computed once."""
@@ -253,12 +263,13 @@ class Segmenter:
 
     def dispatch(self, images: Sequence[np.ndarray], labels: Sequence[Labels],
                  batch_size: Optional[int] = None, device_index: int = 0,
-                 keep_maps: bool = True) -> PendingBatch:
+                 keep_maps: bool = True, unaries: bool = True) -> PendingBatch:
         """Starts the device stage of one batch on one device (see :meth:`relevance_stage`);
         :meth:`collect` waits for it. Labels (prepared or picked automatically) are ready on
         return, the maps (and in ``"graphcut"`` mode the unaries) are computed
         asynchronously. ``keep_maps=False`` leaves the full score maps on the device when
-        only the unaries are needed (a dataset run without heat maps)."""
+        only the unaries are needed (a dataset run without heat maps); ``unaries=False``
+        computes the maps alone (e.g. to calibrate the refinement's levels on them)."""
         started = time.perf_counter()
         outputs = [DeviceOutput([] if isinstance(wanted, str) else self.prepare_labels(wanted))
                    for wanted in labels]
@@ -273,14 +284,14 @@ class Segmenter:
                 outputs[i].timings["auto_labels"] = share
         todo = [i for i, out in enumerate(outputs) if out.labels]
         batch = PendingBatch(outputs, [image.shape[:2] for image in images], todo, None, started,
-                             keep_maps or self.config.refine_mode != "graphcut")
+                             keep_maps or not unaries or self.config.refine_mode != "graphcut")
         if todo:
             size = max(batch_size or 0, len(images))
             device = self.devices[device_index % len(self.devices)]
             labelled = [images[i] for i in todo]
             batch.pending = self._dispatch_maps(labelled, [outputs[i].labels for i in todo],
                                                 size, device)
-            if self.config.refine_mode == "graphcut":
+            if unaries and self.config.refine_mode == "graphcut":
                 batch.unaries, batch.refine_hw = self._dispatch_unaries(
                     batch.pending, labelled, [len(outputs[i].labels) for i in todo], size, device)
         return batch
@@ -308,7 +319,8 @@ class Segmenter:
         return batch.outputs
 
     def relevance_stage(self, images: Sequence[np.ndarray], labels: Sequence[Labels],
-                        batch_size: Optional[int] = None) -> list[DeviceOutput]:
+                        batch_size: Optional[int] = None,
+                        unaries: bool = True) -> list[DeviceOutput]:
         """The device stage of several images: labels, then every label's scores.
 
         The images are cut into consecutive batches of ``batch_size`` (default: all of
@@ -321,13 +333,16 @@ class Segmenter:
           labels: per image, class names (prepared here) or ``"auto"``.
           batch_size: images per device call (a fixed size keeps the last, smaller batch
             of a dataset from recompiling).
+          unaries: in ``"graphcut"`` mode, also compute the graph cut's unaries on the
+            device (False: the maps alone).
 
         Returns:
           One :class:`DeviceOutput` per image; images without labels skip the device.
         """
         size = batch_size or len(images)
         batches = [self.dispatch(images[start:start + size], labels[start:start + size], size,
-                                 index) for index, start in enumerate(range(0, len(images), size))]
+                                 index, unaries=unaries)
+                   for index, start in enumerate(range(0, len(images), size))]
         return [output for batch in batches for output in self.collect(batch)]
 
     def refine_stage(self, image: np.ndarray, output: DeviceOutput) -> SegmentResult:

@@ -16,8 +16,9 @@ Methods, per recipe:
       image;
   (d) dense CRF with CLIP-ES's settings, at its best background power for that recipe;
   (e) the full stage with levels calibrated on the run's maps: each recipe's images read
-      at the medians of their own Otsu levels (``calibrate.calibrate_levels``, what a
-      dataset run can do; it reads the maps, not the ground truth).
+      at the medians of their own Otsu levels, the background placed where the recipe's
+      maps cover 20 % of the pixels (``calibrate.calibrate_levels``, what a dataset run
+      can do; it reads the maps, not the ground truth).
 Baselines (a) and (d) get their best constant per recipe, which no user can choose
 without ground truth; the script also prints them with the one constant that is best on
 the mean over recipes. (c) and (e) get no per-recipe choice.
@@ -66,7 +67,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import heldout_recipes  # noqa: E402
 import refine_recipes as recipes  # noqa: E402
 from jaxseg.imaging import resize_image  # noqa: E402
-from jaxseg.refinement.calibrate import calibrate_levels, map_levels  # noqa: E402
+from jaxseg.refinement.calibrate import (  # noqa: E402
+    CalibrationReading, calibrate_levels, read_calibration)
 from jaxseg.refinement.classifier import ClassifierConfig  # noqa: E402
 from jaxseg.refinement.config import RefineConfig  # noqa: E402
 from jaxseg.refinement.refine import refine  # noqa: E402
@@ -108,14 +110,15 @@ def cached_baselines(job) -> str:
     return image_id
 
 
-def levels_of(job) -> dict[str, np.ndarray]:
-    """Each recipe's ``map_levels`` of one image's cached maps (images with labels only)."""
+def readings_of(job) -> dict[str, CalibrationReading]:
+    """Each recipe's ``read_calibration`` of one image's cached maps (images with labels
+    only)."""
     data, cache, image_id, family = job
     _, image, _, class_ids = recipes.load_item(data, "voc20", image_id)
     if not class_ids:
         return {}
-    return {name: map_levels(image, np.load(cache / f"{name}_{image_id}.npy").astype(np.float32))
-            for name in FAMILIES[family]}
+    return {name: read_calibration(image, np.load(cache / f"{name}_{image_id}.npy")
+                                   .astype(np.float32)) for name in FAMILIES[family]}
 
 
 def refined(job) -> tuple[dict, np.ndarray]:
@@ -179,14 +182,16 @@ def main() -> None:
         for _ in pool.imap_unordered(cached_baselines,
                                      [(args.data, cache, i, args.family) for i in ids]):
             pass
-        levels = {}
-        for by_recipe in pool.imap(levels_of, [(args.data, cache, i, args.family) for i in ids],
+        readings = {}
+        for by_recipe in pool.imap(readings_of, [(args.data, cache, i, args.family) for i in ids],
                                    chunksize=8):
-            for name, image_levels in by_recipe.items():
-                levels.setdefault(name, []).append(image_levels)
+            for name, reading in by_recipe.items():
+                readings.setdefault(name, []).append(reading)
     shared = [config_of({"distillation": False})] + [config_of(c) for c in candidates]
-    jobs = [(args.data, cache, name, ids, shared + [calibrate_levels(levels[name], shared[1])])
-            for name in FAMILIES[args.family]]
+    calibrations = {name: calibrate_levels(readings[name], shared[1])
+                    for name in FAMILIES[args.family]}
+    jobs = [(args.data, cache, name, ids, shared + [calibrated])
+            for name, calibrated in calibrations.items()]
     # One recipe per job and a fresh worker for each: every configuration compiles once per
     # canvas, and a process never holds more than one recipe's (more than about ten
     # compiled configurations exhaust one process's LLVM memory on this machine).
@@ -203,11 +208,11 @@ def main() -> None:
                 for constant, matrix in by_constant.items():
                     key = (name, method, constant)
                     baselines[key] = baselines.get(key, 0) + matrix
-    report(args, ids, candidates, totals, baselines,
+    report(args, ids, candidates, totals, baselines, calibrations,
            seconds / (len(ids) * len(FAMILIES[args.family])), time.perf_counter() - start)
 
 
-def report(args, ids, candidates, totals, baselines, seconds, wall) -> None:
+def report(args, ids, candidates, totals, baselines, calibrations, seconds, wall) -> None:
     names = list(FAMILIES[args.family])
     scores = {key: recipes.miou(matrix) for key, matrix in baselines.items()}
 
@@ -250,6 +255,9 @@ def report(args, ids, candidates, totals, baselines, seconds, wall) -> None:
         print("\nBaselines at the given constants:\n")
         for (method, label), given in zip(baselines_of, args.constants):
             print(constant_line(method, label, given))
+    print("\n(e)'s calibration per recipe (theta, mu_bg, mu_fg; background score): " + ", ".join(
+        f"{name} ({', '.join(f'{level:.3f}' for level in config.levels)}; "
+        f"{config.background_score:+.3f})" for name, config in calibrations.items()))
     print(f"\nseconds per image and recipe (in {args.workers} worker processes): "
           f"graph cut alone {seconds[0]:.3f}, full stage {seconds[1]:.3f}, calibrated levels "
           f"{seconds[calibrated]:.3f}")

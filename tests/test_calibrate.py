@@ -4,9 +4,10 @@ import dataclasses
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import binary_dilation, gaussian_filter
 
-from jaxseg.refinement.calibrate import DATASET_BACKGROUND_SCORE, calibrate_levels, map_levels
+from jaxseg.refinement.calibrate import (DATASET_COVERAGE, SHARE_BINS, CalibrationReading,
+                                         calibrate_levels, coverage_cut, read_calibration)
 from jaxseg.refinement.config import RefineConfig
 from jaxseg.refinement.refine import lay_on_canvas, refine
 from jaxseg.refinement.unaries import read_maps
@@ -26,37 +27,102 @@ def _scene(seed):
     return image, scores[None].astype(np.float32), truth
 
 
-def test_map_levels_are_the_levels_the_otsu_rule_reads():
+def test_reading_holds_the_otsu_rules_levels_and_the_best_maps_share_curve():
     image, scores, _ = _scene(0)
     config = RefineConfig()
     laid = lay_on_canvas(image, scores, config)
-    _, levels = read_maps(laid.image, laid.size_hw, laid.maps, laid.label_mask, config)
-    np.testing.assert_allclose(map_levels(image, scores), np.array(levels, np.float64), rtol=1e-6)
-    # The rule of the given config does not matter: the image's own split is measured.
-    np.testing.assert_array_equal(map_levels(image, scores, RefineConfig(threshold_rule="fixed")),
-                                  map_levels(image, scores))
+    relative, levels = read_maps(laid.image, laid.size_hw, laid.maps, laid.label_mask, config)
+    reading = read_calibration(image, scores)
+    np.testing.assert_allclose(reading.levels, np.array(levels, np.float64), rtol=1e-6)
+    height, width = laid.size_hw
+    best = np.asarray(relative)[0, :height, :width]  # one label: its map is the best
+    for index in (0, 40, 100, 200, 255):
+        assert reading.share_above[index] == pytest.approx(
+            np.mean(best >= index / SHARE_BINS), abs=1e-6)
+    assert reading.share_above[0] == 1.0 and (np.diff(reading.share_above) <= 0).all()
+    # The rule of the given config does not matter: the image's own reading is measured.
+    other = read_calibration(image, scores, RefineConfig(threshold_rule="fixed"))
+    np.testing.assert_array_equal(other.levels, reading.levels)
+    np.testing.assert_array_equal(other.share_above, reading.share_above)
 
 
-def test_calibrate_levels_takes_each_levels_median_and_keeps_the_other_settings():
-    levels = [np.array([0.3, 0.1, 0.6]), np.array([0.5, 0.0, 0.9]), np.array([0.4, 0.3, 0.7])]
+def _reading(levels, share_above):
+    return CalibrationReading(np.asarray(levels, np.float64), np.asarray(share_above, np.float64))
+
+
+def test_coverage_cut_interpolates_the_share_curve():
+    edges = np.arange(SHARE_BINS) / SHARE_BINS
+    assert coverage_cut(1.0 - edges, 0.25) == pytest.approx(0.75)
+    assert coverage_cut(1.0 - edges, 0.3) == pytest.approx(0.7)
+    step = np.where(edges < 0.5, 1.0, 0.2)  # 20 % of the pixels at 0.5 or more, none above 1
+    # Within a bin the share is taken to fall linearly.
+    assert coverage_cut(step, 0.6) == pytest.approx(0.5 - 0.5 / SHARE_BINS)
+    assert coverage_cut(step, 0.1) == pytest.approx(1.0 - 0.5 / SHARE_BINS)
+    assert coverage_cut(np.ones(SHARE_BINS), 0.25) == pytest.approx(1.0 - 0.25 / SHARE_BINS)
+
+
+def test_calibrate_levels_takes_the_median_levels_and_the_samples_coverage_cut():
+    edges = np.arange(SHARE_BINS) / SHARE_BINS
+    readings = [_reading([0.3, 0.1, 0.6], 1.0 - edges),
+                _reading([0.5, 0.0, 0.9], np.where(edges < 0.6, 1.0, 0.0)),
+                _reading([0.4, 0.3, 0.7], np.where(edges < 0.2, 1.0, 0.0))]
     base = RefineConfig(pairwise_weight=7.0)
-    config = calibrate_levels(levels, base)
+    config = calibrate_levels(readings, base, coverage=0.5)
     assert config.threshold_rule == "dataset"
     assert config.levels == pytest.approx((0.4, 0.1, 0.7))
     assert all(type(level) is float for level in config.levels)
-    assert config.background_score == DATASET_BACKGROUND_SCORE
+    # The mean share above x is (2 - x) / 3 for 0.2 <= x < 0.6: half the pixels at x = 0.5.
+    assert config.background_score == pytest.approx(0.5 - 0.4)
+    assert type(config.background_score) is float
+    share = np.mean([reading.share_above for reading in readings], axis=0)
+    assert calibrate_levels(readings, base).background_score == pytest.approx(
+        coverage_cut(share, DATASET_COVERAGE) - 0.4)
     assert dataclasses.replace(config, threshold_rule="otsu", levels=base.levels,
                                background_score=base.background_score) == base
     hash(config)  # a jit-static argument
-    assert calibrate_levels(levels, base, background_score=-0.1).background_score == -0.1
-    for bad in ([], [np.array([0.3, 0.1])]):
-        with pytest.raises(ValueError, match="calibrate_levels: levels"):
+    assert calibrate_levels(readings, base, background_score=-0.1).background_score == -0.1
+    for bad in ([], [_reading([0.3, 0.1], np.ones(SHARE_BINS))]):
+        with pytest.raises(ValueError, match="calibrate_levels: readings"):
             calibrate_levels(bad)
+    for coverage in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="calibrate_levels: coverage"):
+            calibrate_levels(readings, coverage=coverage)
+
+
+def test_calibrated_prior_covers_the_given_share_where_own_levels_take_the_context():
+    # Maps that also fire, more weakly, on a ring of context around each object: each
+    # image's own Otsu split falls below the ring and takes it as object. Calibrated to
+    # the share the objects cover, the prior (its thresholded argmax) covers that share.
+    scenes = []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        truth = np.zeros((64, 80), bool)
+        top, left = rng.integers(14, 26, 2)
+        truth[top:top + 20, left:left + 20] = True
+        ring = binary_dilation(truth, iterations=10) & ~truth
+        scores = truth + 0.4 * ring + rng.normal(0, 0.03, truth.shape)
+        scenes.append((np.zeros((64, 80, 3), np.uint8), scores[None].astype(np.float32), truth))
+    unsmoothed = RefineConfig(smooth_spatial=0.0)  # as _read_maps reads them
+    readings = [read_calibration(image, scores, unsmoothed) for image, scores, _ in scenes]
+    objects = float(np.mean([truth.mean() for _, _, truth in scenes]))
+
+    def prior_objects(config):
+        return [_read_maps(scores, config)[2].argmax(0) == 1 for _, scores, _ in scenes]
+
+    own = prior_objects(unsmoothed)
+    assert all((mask[truth].all() and mask[~truth].mean() > 0.15)
+               for mask, (_, _, truth) in zip(own, scenes))
+    for coverage in (objects, 0.3):
+        calibrated = prior_objects(calibrate_levels(readings, unsmoothed, coverage))
+        assert np.mean([mask.mean() for mask in calibrated]) == pytest.approx(coverage, abs=0.01)
+    calibrated = prior_objects(calibrate_levels(readings, unsmoothed, objects))
+    agreement = [(mask == truth).mean() for mask, (_, _, truth) in zip(calibrated, scenes)]
+    assert np.mean(agreement) > 0.99
 
 
 def test_dataset_rule_at_an_images_own_levels_is_the_otsu_rule():
     image, scores, truth = _scene(1)
-    own = calibrate_levels([map_levels(image, scores)], background_score=0.0)
+    own = calibrate_levels([read_calibration(image, scores)], background_score=0.0)
     np.testing.assert_array_equal(refine(image, scores, None, own), refine(image, scores))
     np.testing.assert_array_equal(refine(image, scores), truth.astype(np.int32))
 

@@ -133,6 +133,9 @@ def test_auto_labels_write_their_scores(tmp_path, run):
     (["IMG", "--labels", "a", "--calibrate-levels", "0"], "--calibrate-levels must be >= 1"),
     (["IMG", "--labels", "a", "--refine", "none", "--calibrate-levels", "4"],
      "--calibrate-levels calibrates jaxseg's graph-cut refinement"),
+    (["IMG", "--labels", "a", "--coverage", "0.3"], "add --calibrate-levels N or drop --coverage"),
+    (["IMG", "--labels", "a", "--calibrate-levels", "4", "--coverage", "1"],
+     "--coverage must be in (0, 1)"),
 ])
 def test_user_errors_exit_2_in_one_line(tmp_path, capsys, args, message):
     args = [str(tmp_path / "x.png") if arg == "IMG" else arg for arg in args]
@@ -165,6 +168,7 @@ def test_calibrated_levels_are_written_and_give_the_same_masks_again(tmp_path, r
     levels = record["levels"]
     assert 0 <= levels["mu_bg"] <= levels["theta"] <= levels["mu_fg"] <= 1
     assert record["images"] == 3 and record["sample"] == ["img0", "img2", "img4"]
+    assert record["coverage"] == 0.2 and -1 < record["background_score"] < 1
     first = comparable(out)
     assert len(first) == 11  # five masks, five sidecars, levels.json
     capsys.readouterr()
@@ -176,6 +180,12 @@ def test_calibrated_levels_are_written_and_give_the_same_masks_again(tmp_path, r
     own = comparable(tmp_path / "own")
     masks = [name for name in own if name.endswith(".png")]
     assert len(masks) == 5 and any(own[name] != first[name] for name in masks)
+    # A larger share of object pixels lowers the background's cut.
+    assert run(*paths, "--labels", "cat,dog", "--calibrate-levels", 3, "--coverage", 0.6,
+               "--out", tmp_path / "wide") == 0
+    wide = json.loads((tmp_path / "wide" / "levels.json").read_text())
+    assert wide["coverage"] == 0.6 and wide["levels"] == levels
+    assert wide["background_score"] < record["background_score"]
 
 
 def comparable(folder) -> dict:

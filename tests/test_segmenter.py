@@ -1,5 +1,7 @@
 """The Segmenter: label handling, image conversion, determinism, batching."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -80,6 +82,28 @@ def test_a_batch_without_its_maps_gives_the_same_unaries_and_masks(tiny_clip):
     np.testing.assert_array_equal(lean.unaries, full.unaries)
     np.testing.assert_array_equal(segmenter.refine_stage(image, lean).mask,
                                   segmenter.refine_stage(image, full).mask)
+
+
+def test_maps_alone_and_a_segmenter_with_other_refinement_settings(tiny_clip):
+    # Calibration reads the maps alone, then refines with a Segmenter that shares caches.
+    segmenter = jaxseg.Segmenter(tiny_clip, CONFIG)
+    image, labels = two_region_image(), [["red thing", "blue thing"]]
+    [full] = segmenter.relevance_stage([image], labels)
+    [maps] = segmenter.relevance_stage([image], labels, unaries=False)
+    assert maps.unaries is None and full.unaries is not None
+    np.testing.assert_array_equal(maps.scores, full.scores)
+    refine = dataclasses.replace(CONFIG.refine, threshold_rule="fixed", background_score=0.9)
+    fixed = segmenter.with_refine(refine)
+    assert fixed.config.refine == refine and segmenter.config.refine == CONFIG.refine
+    assert fixed._embeddings is segmenter._embeddings
+    assert fixed._device_params is segmenter._device_params
+    [other] = fixed.relevance_stage([image], labels)
+    np.testing.assert_array_equal(other.scores, full.scores)
+    # The unaries follow the new settings: the background competes at 0.9, not at theta,
+    # so it gains on the red half, where "red thing" wins.
+    red = np.s_[0, :, :30]
+    assert other.unaries[red].astype(np.float32).mean() > 10 * full.unaries[red].astype(
+        np.float32).mean()
 
 
 def test_cli_mask_and_labels_equal_the_segmenters_and_segment_gives_the_same_mask(

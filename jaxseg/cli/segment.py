@@ -132,8 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="distillation steps of the refinement (default 100; fewer is faster)")
     run.add_argument("--calibrate-levels", type=int, metavar="N",
                      help="refine every image at levels calibrated on the maps of N images "
-                          "spread over the run (about 30; written to OUT/levels.json) instead "
-                          "of each image's own; graphcut refinement only")
+                          "spread over the run (50 or more; written to OUT/levels.json) "
+                          "instead of each image's own; graphcut refinement only")
+    run.add_argument("--coverage", type=float, metavar="F",
+                     help="with --calibrate-levels: the share of an image's pixels that "
+                          "objects of the given labels cover on average (default 0.2, about "
+                          "their share in COCO photos of VOC classes)")
     run.add_argument("--compile-cache", default=default_cache_dir(), metavar="DIR",
                      help="JAX compilation cache folder (default %(default)s)")
     run.add_argument("--no-compile-cache", action="store_true",
@@ -266,6 +270,7 @@ def _segment(args, console: Console) -> int:
     from jaxseg.run import sharding
 
     from jaxseg.clip.handle import load_clip
+    from jaxseg.refinement.calibrate import DATASET_COVERAGE
     from jaxseg.run import calibration, plan, runner
     from jaxseg.segmenter import Segmenter
 
@@ -278,6 +283,11 @@ def _segment(args, console: Console) -> int:
         jax.config.update("jax_default_matmul_precision", args.matmul_precision)
     if args.calibrate_levels is not None and args.calibrate_levels < 1:
         raise UsageError(f"--calibrate-levels must be >= 1, got {args.calibrate_levels}")
+    if args.coverage is not None and not 0.0 < args.coverage < 1.0:
+        raise UsageError(f"--coverage must be in (0, 1), got {args.coverage}")
+    if args.coverage is not None and args.calibrate_levels is None:
+        raise UsageError("--coverage sets the share --calibrate-levels calibrates to; "
+                         "add --calibrate-levels N or drop --coverage")
     if args.calibrate_levels is not None and config.refine_mode != "graphcut":
         raise UsageError(f"--calibrate-levels calibrates jaxseg's graph-cut refinement; drop it "
                          f"or use --refine graphcut (this run refines with {config.refine_mode})")
@@ -291,9 +301,10 @@ def _segment(args, console: Console) -> int:
     batch_size = min(args.batch_size, max(1, len(items)))
     if args.calibrate_levels is not None:
         # Every process calibrates on the same sample, so all refine alike.
-        config = calibration.calibrated_config(segmenter, items, args.calibrate_levels, args.out,
-                                               batch_size, console.warn)
-        segmenter = Segmenter(clip, config, mesh)
+        coverage = DATASET_COVERAGE if args.coverage is None else args.coverage
+        segmenter = calibration.calibrated_segmenter(
+            segmenter, items, args.calibrate_levels, coverage, args.out, batch_size,
+            console.warn)
     batches = plan.process_batches(plan.plan_batches(items, batch_size), jax.process_index(),
                                    jax.process_count())
     if jax.process_index() > 0:
