@@ -292,8 +292,7 @@ def _segment(args, console: Console) -> int:
         raise UsageError(f"--calibrate-levels calibrates jaxseg's graph-cut refinement; drop it "
                          f"or use --refine graphcut (this run refines with {config.refine_mode})")
     clip = load_clip(args.model, dtype=jax.numpy.dtype(args.dtype))
-    mesh = sharding.data_mesh(args.max_devices)
-    segmenter = Segmenter(clip, config, mesh)
+    segmenter = Segmenter(clip, config, sharding.data_mesh(args.max_devices))
     items, failures = plan.prepare_items(dataset.items, segmenter, console.warn)
     failures = dataset.failures + failures
     # Batches are planned from the whole list, the same in every process; each process

@@ -66,9 +66,8 @@ def _reading(image, size_hw, scores, label_mask, config):
     """:class:`CalibrationReading`'s arrays of one image laid on its canvas, on the device."""
     relative, levels = read_maps(image, size_hw, scores, label_mask, config)
     valid = seeds.valid_mask(image.shape[:2], size_hw)
-    top = seeds.best_score(relative, label_mask)[0]
-    index = jnp.clip((top * SHARE_BINS).astype(jnp.int32), 0, SHARE_BINS - 1).ravel()
-    histogram = jnp.zeros(SHARE_BINS, jnp.float32).at[index].add(valid.ravel().astype(jnp.float32))
+    histogram = seeds.score_histogram(seeds.best_score(relative, label_mask)[0], valid,
+                                      SHARE_BINS)
     share_above = jnp.cumsum(histogram[::-1])[::-1] / jnp.maximum(histogram.sum(), 1.0)
     return jnp.stack(levels), share_above
 

@@ -35,11 +35,17 @@ def normalize_scores(scores: jax.Array, valid: jax.Array, label_mask: jax.Array)
     return jnp.where(valid & label_mask[:, None, None], relative, 0.0)
 
 
+def score_histogram(values: jax.Array, weights: jax.Array, bins: int = 256) -> jax.Array:
+    """``[bins]`` histogram of values in [0, 1] counted with ``weights`` (0: not counted);
+    bin b holds [b / bins, (b + 1) / bins), the last one also 1."""
+    index = jnp.clip((values * bins).astype(jnp.int32), 0, bins - 1).ravel()
+    return jnp.zeros(bins, jnp.float32).at[index].add(weights.ravel().astype(jnp.float32))
+
+
 def otsu_levels(values: jax.Array, weights: jax.Array, bins: int = 256) -> Levels:
     """Otsu's split of values in [0, 1] counted with ``weights`` (0: not counted):
     (threshold, mean below it, mean above it); (0.5, 0, 1) when nothing can be split."""
-    index = jnp.clip((values * bins).astype(jnp.int32), 0, bins - 1).ravel()
-    histogram = jnp.zeros(bins, jnp.float32).at[index].add(weights.ravel().astype(jnp.float32))
+    histogram = score_histogram(values, weights, bins)
     centres = (jnp.arange(bins) + 0.5) / bins
     below = jnp.cumsum(histogram)[:-1]
     above = histogram.sum() - below
