@@ -188,6 +188,41 @@ def test_calibrated_levels_are_written_and_give_the_same_masks_again(tmp_path, r
     assert wide["background_score"] < record["background_score"]
 
 
+def test_a_calibrated_run_resumes_at_its_recorded_levels(tmp_path, run, capsys):
+    paths = random_images(tmp_path / "in", 5, seed=3)
+    out = tmp_path / "out"
+    calibrate = ["--labels", "cat,dog", "--calibrate-levels", 3]
+    assert run(*paths, *calibrate, "--out", out) == 0
+    first = comparable(out)
+    for name in ("img1.png", "img1.json"):
+        (out / name).unlink()
+    capsys.readouterr()
+    # Resumed on a shorter list, whose own sample (img0, img1) calibrates elsewhere.
+    assert run(*paths[:2], *calibrate, "--out", out) == 0
+    err = capsys.readouterr().err
+    assert "1 written, 1 already complete" in err and "levels calibrated in" in err
+    assert comparable(out) == first
+    assert run(*paths[:2], *calibrate, "--out", tmp_path / "short") == 0
+    short = comparable(tmp_path / "short")["levels.json"]
+    assert short["levels"] != first["levels.json"]["levels"]
+    capsys.readouterr()
+    refused = (([*calibrate, "--coverage", 0.3], "--calibrate-levels 3 --coverage 0.2"),
+               (["--labels", "cat,dog"], "add the same --calibrate-levels N"))
+    for other, expected in refused:
+        assert run(*paths, *other, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "levels.json" in err and expected in err, err
+    assert comparable(out) == first  # nothing written by the refused runs
+    (out / "levels.json").write_text('{"levels": {"theta": 0.3}}')
+    assert run(*paths, *calibrate, "--out", out) == 2
+    assert "not a levels record" in capsys.readouterr().err
+    # --overwrite without calibration redoes every image at its own levels.
+    assert run(*paths, "--labels", "cat,dog", "--out", out, "--overwrite") == 0
+    assert not (out / "levels.json").exists()
+    assert run(*paths, "--labels", "cat,dog", "--out", tmp_path / "own") == 0
+    assert comparable(out) == comparable(tmp_path / "own")
+
+
 def comparable(folder) -> dict:
     """Every file's content, JSON sidecars without their timings."""
     contents = {}

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -303,7 +304,16 @@ def _segment(args, console: Console) -> int:
         coverage = DATASET_COVERAGE if args.coverage is None else args.coverage
         segmenter = calibration.calibrated_segmenter(
             segmenter, items, args.calibrate_levels, coverage, args.out, batch_size,
-            console.warn)
+            console.warn, overwrite=args.overwrite,
+            note=lambda text: None if args.quiet else console.line(text))
+    elif os.path.exists(levels_path := os.path.join(args.out, calibration.LEVELS_FILE)):
+        # A calibrated folder resumed without calibration would mix two kinds of masks.
+        if not args.overwrite:
+            raise UsageError(f"{levels_path}: this folder's images were refined at calibrated "
+                             f"levels; add the same --calibrate-levels N to resume it, or "
+                             f"--overwrite to redo every image at its own levels")
+        if jax.process_index() == 0:
+            os.remove(levels_path)
     batches = plan.process_batches(plan.plan_batches(items, batch_size), jax.process_index(),
                                    jax.process_count())
     if jax.process_index() > 0:

@@ -6,23 +6,29 @@ curve are read (``jaxseg.refinement.calibrate.read_calibration``), and the whole
 refines at the medians of the levels, the background placed where the sample's maps
 cover ``--coverage`` of the pixels (``calibrate_levels``). The sample is the same in every
 process and on every resume (a fixed choice from the planned list, deterministic maps),
-so the levels, and with them the masks, are too; they are also written to
-``levels.json`` in the output folder, for the record.
+so the levels, and with them the masks, are too. They are written to ``levels.json`` in
+the output folder, and a resumed run reads them back from there instead of calibrating
+again, so its levels stay those of the images already written even when its image list
+has changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from jaxseg.refinement.calibrate import calibrate_levels, read_calibration
+from jaxseg.refinement.config import RefineConfig
 from jaxseg.run import imageio
 from jaxseg.run.datasets import Item
 from jaxseg.segmenter import Segmenter
 
 LEVELS_FILE = "levels.json"
+LEVEL_NAMES = ("theta", "mu_bg", "mu_fg")  # RefineConfig.levels, in order
 
 
 def sample_items(items: Sequence[Item], count: int) -> list[Item]:
@@ -32,10 +38,45 @@ def sample_items(items: Sequence[Item], count: int) -> list[Item]:
     return [items[index] for index in np.linspace(0, len(items) - 1, count).round().astype(int)]
 
 
+def recorded_levels(out_dir: str, config: RefineConfig) -> Optional[tuple[dict, RefineConfig]]:
+    """The calibration recorded in ``out_dir``'s ``levels.json``.
+
+    Args:
+      out_dir: the output folder.
+      config: the refinement settings to place the recorded levels in.
+
+    Returns:
+      None when the folder holds no record; else the record and ``config`` at its levels
+      and background score.
+
+    Raises:
+      ValueError: when the file exists but is not a calibration record.
+    """
+    path = os.path.join(out_dir, LEVELS_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        levels = tuple(float(record["levels"][name]) for name in LEVEL_NAMES)
+        config = dataclasses.replace(config, threshold_rule="dataset", levels=levels,
+                                     background_score=float(record["background_score"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a levels record of --calibrate-levels ({error!r}); "
+                         f"delete it, or pass --overwrite to calibrate again and redo every "
+                         f"image")
+    return record, config
+
+
 def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int,
                          coverage: float, out_dir: str, batch_size: int,
-                         warn: Callable[[str], None]) -> Segmenter:
+                         warn: Callable[[str], None], overwrite: bool = False,
+                         note: Callable[[str], None] = lambda text: None) -> Segmenter:
     """The segmenter with refinement levels calibrated on ``count`` of ``items``.
+
+    A run resumed into a folder that already holds ``levels.json`` (without
+    ``overwrite``) takes the levels from there, so every image of the folder is refined
+    alike; the record must have been calibrated with the same ``count`` and ``coverage``.
 
     Args:
       segmenter: the run's segmenter (its config's ``refine`` is calibrated).
@@ -45,14 +86,29 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
       out_dir: the output folder; ``levels.json`` is written there.
       batch_size: images per device call.
       warn: reports a sample image that cannot be read (it is left out).
+      overwrite: calibrate again even when ``out_dir`` holds a record.
+      note: reports that the levels were read from the record.
 
     Returns:
       The segmenter to run with (``Segmenter.with_refine``: it shares the given one's
       caches).
 
     Raises:
-      ValueError: when no sample image has labels.
+      ValueError: when no sample image has labels, or a record in ``out_dir`` is
+        unreadable or was calibrated with another ``count`` or ``coverage``.
     """
+    path = os.path.join(out_dir, LEVELS_FILE)
+    recorded = None if overwrite else recorded_levels(out_dir, segmenter.config.refine)
+    if recorded is not None:
+        record, refine_config = recorded
+        settings = (record.get("requested"), record.get("coverage"))
+        if settings != (count, coverage):
+            raise ValueError(
+                f"{path}: this folder's images were refined at levels calibrated with "
+                f"--calibrate-levels {settings[0]} --coverage {settings[1]}; resume with "
+                f"those, or pass --overwrite to calibrate again and redo every image")
+        note(f"refining at the levels calibrated in {path} ({record.get('images')} images)")
+        return segmenter.with_refine(refine_config)
     images, labels, stems = [], [], []
     for item in sample_items(items, count):
         try:
@@ -72,9 +128,8 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
                          "check the labels, or drop --calibrate-levels")
     refine_config = calibrate_levels(readings, refine_config, coverage)
     os.makedirs(out_dir, exist_ok=True)
-    imageio.write_json(os.path.join(out_dir, LEVELS_FILE), {
-        "levels": {"theta": refine_config.levels[0], "mu_bg": refine_config.levels[1],
-                   "mu_fg": refine_config.levels[2]},
+    imageio.write_json(path, {
+        "levels": dict(zip(LEVEL_NAMES, refine_config.levels)),
         "background_score": refine_config.background_score, "coverage": coverage,
-        "images": len(readings), "sample": stems})
+        "requested": count, "images": len(readings), "sample": stems})
     return segmenter.with_refine(refine_config)
