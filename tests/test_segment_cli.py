@@ -216,11 +216,30 @@ def test_a_calibrated_run_resumes_at_its_recorded_levels(tmp_path, run, capsys):
     (out / "levels.json").write_text('{"levels": {"theta": 0.3}}')
     assert run(*paths, *calibrate, "--out", out) == 2
     assert "not a levels record" in capsys.readouterr().err
+    (out / "levels.json").write_text(json.dumps(first["levels.json"]))
     # --overwrite without calibration redoes every image at its own levels.
     assert run(*paths, "--labels", "cat,dog", "--out", out, "--overwrite") == 0
     assert not (out / "levels.json").exists()
     assert run(*paths, "--labels", "cat,dog", "--out", tmp_path / "own") == 0
     assert comparable(out) == comparable(tmp_path / "own")
+
+
+def test_an_image_named_like_the_levels_record_never_overwrites_it(tmp_path, run, capsys):
+    paths = random_images(tmp_path / "in", 2, seed=4)
+    named = tmp_path / "in" / "levels.png"
+    os.replace(paths[1], named)
+    calibrated = tmp_path / "calibrated"
+    assert run(paths[0], named, "--labels", "cat", "--calibrate-levels", 2,
+               "--out", calibrated) == 1
+    err = capsys.readouterr().err
+    assert f"{named}: its sidecar levels.json would overwrite the record" in err
+    assert sorted(os.listdir(calibrated)) == ["img0.json", "img0.png", "levels.json"]
+    assert "background_score" in json.loads((calibrated / "levels.json").read_text())
+    # Uncalibrated, its sidecar is an ordinary output, and the run resumes over it.
+    plain = tmp_path / "plain"
+    for written in ("2 written", "2 already complete"):
+        assert run(paths[0], named, "--labels", "cat", "--out", plain) == 0
+        assert written in capsys.readouterr().err
 
 
 def comparable(folder) -> dict:

@@ -296,6 +296,9 @@ def _segment(args, console: Console) -> int:
     segmenter = Segmenter(clip, config, sharding.data_mesh(args.max_devices))
     items, failures = plan.prepare_items(dataset.items, segmenter, console.warn)
     failures = dataset.failures + failures
+    if args.calibrate_levels is not None:
+        items, clashes = calibration.keep_record_name(items)
+        failures += clashes
     # Batches are planned from the whole list, the same in every process; each process
     # runs every N-th one and process 0 reports the listing's errors.
     batch_size = min(args.batch_size, max(1, len(items)))
@@ -306,8 +309,9 @@ def _segment(args, console: Console) -> int:
             segmenter, items, args.calibrate_levels, coverage, args.out, batch_size,
             console.warn, overwrite=args.overwrite,
             note=lambda text: None if args.quiet else console.line(text))
-    elif os.path.exists(levels_path := os.path.join(args.out, calibration.LEVELS_FILE)):
+    elif calibration.has_record(args.out):
         # A calibrated folder resumed without calibration would mix two kinds of masks.
+        levels_path = os.path.join(args.out, calibration.LEVELS_FILE)
         if not args.overwrite:
             raise UsageError(f"{levels_path}: this folder's images were refined at calibrated "
                              f"levels; add the same --calibrate-levels N to resume it, or "

@@ -29,6 +29,29 @@ from jaxseg.segmenter import Segmenter
 
 LEVELS_FILE = "levels.json"
 LEVEL_NAMES = ("theta", "mu_bg", "mu_fg")  # RefineConfig.levels, in order
+# The image whose JSON sidecar would be named like the record.
+RECORD_STEM = os.path.splitext(LEVELS_FILE)[0]
+
+
+def keep_record_name(items: Sequence[Item]) -> tuple[list[Item], list[tuple[str, str]]]:
+    """``items`` without the one whose sidecar would overwrite ``levels.json``, and a
+    ``(path, reason)`` failure for it."""
+    kept = [item for item in items if item.stem != RECORD_STEM]
+    failures = [(item.path, f"its sidecar {LEVELS_FILE} would overwrite the record of "
+                            f"--calibrate-levels; rename the image")
+                for item in items if item.stem == RECORD_STEM]
+    return kept, failures
+
+
+def has_record(out_dir: str) -> bool:
+    """Whether ``out_dir`` holds a record of --calibrate-levels (not an image's sidecar of
+    the same name)."""
+    try:
+        with open(os.path.join(out_dir, LEVELS_FILE), encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "background_score" in record
 
 
 def sample_items(items: Sequence[Item], count: int) -> list[Item]:
