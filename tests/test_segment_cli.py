@@ -206,17 +206,21 @@ def test_a_calibrated_run_resumes_at_its_recorded_levels(tmp_path, run, capsys):
     short = comparable(tmp_path / "short")["levels.json"]
     assert short["levels"] != first["levels.json"]["levels"]
     capsys.readouterr()
-    refused = (([*calibrate, "--coverage", 0.3], "--calibrate-levels 3 --coverage 0.2"),
-               (["--labels", "cat,dog"], "add the same --calibrate-levels N"))
+    recorded = "calibrated with --calibrate-levels 3 --coverage 0.2"
+    refused = (([*calibrate, "--coverage", 0.3], "resume with those"),
+               (["--labels", "cat,dog", "--calibrate-levels", 4], "resume with those"),
+               (["--labels", "cat,dog"], "add those to resume it"))
     for other, expected in refused:
         assert run(*paths, *other, "--out", out) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "levels.json" in err and expected in err, err
+        assert err.count("\n") == 1 and recorded in err and expected in err, err
     assert comparable(out) == first  # nothing written by the refused runs
     (out / "levels.json").write_text('{"levels": {"theta": 0.3}}')
     assert run(*paths, *calibrate, "--out", out) == 2
-    assert "not a levels record" in capsys.readouterr().err
-    (out / "levels.json").write_text(json.dumps(first["levels.json"]))
+    assert "not a record of --calibrate-levels" in capsys.readouterr().err
+    (out / ".levels.json.tmp-99999").write_text("a killed run's record")
+    assert run(*paths, *calibrate, "--out", out, "--overwrite") == 0  # calibrates again
+    assert comparable(out) == first  # the killed run's temporary is gone too
     # --overwrite without calibration redoes every image at its own levels.
     assert run(*paths, "--labels", "cat,dog", "--out", out, "--overwrite") == 0
     assert not (out / "levels.json").exists()
@@ -232,7 +236,7 @@ def test_an_image_named_like_the_levels_record_never_overwrites_it(tmp_path, run
     assert run(paths[0], named, "--labels", "cat", "--calibrate-levels", 2,
                "--out", calibrated) == 1
     err = capsys.readouterr().err
-    assert f"{named}: its sidecar levels.json would overwrite the record" in err
+    assert f"{named}: its sidecar would overwrite levels.json, the record" in err
     assert sorted(os.listdir(calibrated)) == ["img0.json", "img0.png", "levels.json"]
     assert "background_score" in json.loads((calibrated / "levels.json").read_text())
     # Uncalibrated, its sidecar is an ordinary output, and the run resumes over it.
@@ -240,6 +244,9 @@ def test_an_image_named_like_the_levels_record_never_overwrites_it(tmp_path, run
     for written in ("2 written", "2 already complete"):
         assert run(paths[0], named, "--labels", "cat", "--out", plain) == 0
         assert written in capsys.readouterr().err
+    # Calibrating into that folder would overwrite the sidecar.
+    assert run(paths[0], "--labels", "cat", "--calibrate-levels", 2, "--out", plain) == 2
+    assert "levels.json is an image's sidecar" in capsys.readouterr().err
 
 
 def comparable(folder) -> dict:

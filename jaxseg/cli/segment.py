@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="distillation steps of the refinement (default 100; fewer is faster)")
     run.add_argument("--calibrate-levels", type=int, metavar="N",
                      help="refine every image at levels calibrated on the maps of N images "
-                          "spread over the run (50 or more; written to OUT/levels.json) "
-                          "instead of each image's own; graphcut refinement only")
+                          "spread over the run (50 or more; written to OUT/levels.json and "
+                          "read back on a resume) instead of each image's own; graphcut "
+                          "refinement only")
     run.add_argument("--coverage", type=float, metavar="F",
                      help="with --calibrate-levels: the share of an image's pixels that "
                           "objects of the given labels cover on average (default 0.2, about "
@@ -292,32 +293,33 @@ def _segment(args, console: Console) -> int:
     if args.calibrate_levels is not None and config.refine_mode != "graphcut":
         raise UsageError(f"--calibrate-levels calibrates jaxseg's graph-cut refinement; drop it "
                          f"or use --refine graphcut (this run refines with {config.refine_mode})")
+    coverage = DATASET_COVERAGE if args.coverage is None else args.coverage
+    levels_path = os.path.join(args.out, calibration.LEVELS_FILE)
+    if args.calibrate_levels is not None and calibration.holds_sidecar(args.out):
+        raise UsageError(f"{levels_path} is an image's sidecar, where --calibrate-levels "
+                         f"writes its record; use another --out")
+    # A resumed run keeps its record's levels (checked before the model loads), so the
+    # images it adds are refined like those already written.
+    record = None if args.overwrite else calibration.read_record(args.out)
+    if record is not None:
+        calibration.check_record(record, args.calibrate_levels, coverage, levels_path)
+        if not args.quiet and jax.process_index() == 0:
+            console.line(f"refining at the levels calibrated in {levels_path}")
     clip = load_clip(args.model, dtype=jax.numpy.dtype(args.dtype))
     segmenter = Segmenter(clip, config, sharding.data_mesh(args.max_devices))
     items, failures = plan.prepare_items(dataset.items, segmenter, console.warn)
     failures = dataset.failures + failures
     if args.calibrate_levels is not None:
-        items, clashes = calibration.keep_record_name(items)
+        items, clashes = calibration.drop_record_clashes(items)
         failures += clashes
     # Batches are planned from the whole list, the same in every process; each process
     # runs every N-th one and process 0 reports the listing's errors.
     batch_size = min(args.batch_size, max(1, len(items)))
     if args.calibrate_levels is not None:
         # Every process calibrates on the same sample, so all refine alike.
-        coverage = DATASET_COVERAGE if args.coverage is None else args.coverage
         segmenter = calibration.calibrated_segmenter(
             segmenter, items, args.calibrate_levels, coverage, args.out, batch_size,
-            console.warn, overwrite=args.overwrite,
-            note=lambda text: None if args.quiet else console.line(text))
-    elif calibration.has_record(args.out):
-        # A calibrated folder resumed without calibration would mix two kinds of masks.
-        levels_path = os.path.join(args.out, calibration.LEVELS_FILE)
-        if not args.overwrite:
-            raise UsageError(f"{levels_path}: this folder's images were refined at calibrated "
-                             f"levels; add the same --calibrate-levels N to resume it, or "
-                             f"--overwrite to redo every image at its own levels")
-        if jax.process_index() == 0:
-            os.remove(levels_path)
+            console.warn, record=record, write=jax.process_index() == 0)
     batches = plan.process_batches(plan.plan_batches(items, batch_size), jax.process_index(),
                                    jax.process_count())
     if jax.process_index() > 0:
@@ -332,6 +334,12 @@ def _segment(args, console: Console) -> int:
         refine_workers=args.refine_workers)
     console.bar = None
     failures += summary.failures
+    if (args.overwrite and args.calibrate_levels is None and summary.interrupted is None
+            and jax.process_index() == 0 and os.path.exists(levels_path)
+            and not calibration.holds_sidecar(args.out)):
+        # Removed only once the run's images are all redone at their own levels, so an
+        # interrupted --overwrite still refuses to resume without it.
+        os.remove(levels_path)
     if not args.quiet or summary.interrupted:
         done = len(summary.written)
         rate = done / summary.wall_seconds if summary.wall_seconds > 0 else 0.0

@@ -5,11 +5,12 @@ evenly over its list are segmented up to their maps, each image's Otsu levels an
 curve are read (``jaxseg.refinement.calibrate.read_calibration``), and the whole run
 refines at the medians of the levels, the background placed where the sample's maps
 cover ``--coverage`` of the pixels (``calibrate_levels``). The sample is the same in every
-process and on every resume (a fixed choice from the planned list, deterministic maps),
-so the levels, and with them the masks, are too. They are written to ``levels.json`` in
-the output folder, and a resumed run reads them back from there instead of calibrating
-again, so its levels stay those of the images already written even when its image list
-has changed.
+process (a fixed choice from the planned list, deterministic maps), so the levels, and
+with them the masks, are too. Process 0 writes them to ``levels.json`` in the output
+folder, and a resumed run reads them back from there (``read_record``) instead of
+calibrating again, so the images it adds are refined like those already written even when
+its image list has changed. The record does not hold the model, method or refinement
+settings it was calibrated with; a resume must use the same ones, as for every output.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from jaxseg.refinement.calibrate import calibrate_levels, read_calibration
-from jaxseg.refinement.config import RefineConfig
 from jaxseg.run import imageio
 from jaxseg.run.datasets import Item
 from jaxseg.segmenter import Segmenter
@@ -33,25 +33,82 @@ LEVEL_NAMES = ("theta", "mu_bg", "mu_fg")  # RefineConfig.levels, in order
 RECORD_STEM = os.path.splitext(LEVELS_FILE)[0]
 
 
-def keep_record_name(items: Sequence[Item]) -> tuple[list[Item], list[tuple[str, str]]]:
-    """``items`` without the one whose sidecar would overwrite ``levels.json``, and a
-    ``(path, reason)`` failure for it."""
-    kept = [item for item in items if item.stem != RECORD_STEM]
-    failures = [(item.path, f"its sidecar {LEVELS_FILE} would overwrite the record of "
-                            f"--calibrate-levels; rename the image")
-                for item in items if item.stem == RECORD_STEM]
-    return kept, failures
+def drop_record_clashes(items: Sequence[Item]) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Splits off the items whose sidecar would overwrite ``levels.json``.
+
+    Args:
+      items: the run's items.
+
+    Returns:
+      The other items, and a ``(path, reason)`` failure for each one split off (any case:
+      file systems that ignore case would overwrite the record too).
+    """
+    def clashes(item: Item) -> bool:
+        return item.stem.casefold() == RECORD_STEM
+
+    return ([item for item in items if not clashes(item)],
+            [(item.path, f"its sidecar would overwrite {LEVELS_FILE}, the record of "
+                         f"--calibrate-levels; rename the image")
+             for item in items if clashes(item)])
 
 
-def has_record(out_dir: str) -> bool:
-    """Whether ``out_dir`` holds a record of --calibrate-levels (not an image's sidecar of
-    the same name)."""
+def _is_sidecar(data) -> bool:
+    return isinstance(data, dict) and "labels" in data and "levels" not in data
+
+
+def holds_sidecar(out_dir: str) -> bool:
+    """Whether ``out_dir``'s ``levels.json`` is an image's sidecar, not a record."""
     try:
         with open(os.path.join(out_dir, LEVELS_FILE), encoding="utf-8") as handle:
-            record = json.load(handle)
-    except (OSError, ValueError):
+            return _is_sidecar(json.load(handle))
+    except (OSError, ValueError, RecursionError):
         return False
-    return isinstance(record, dict) and "background_score" in record
+
+
+def read_record(out_dir: str) -> Optional[dict]:
+    """The record of --calibrate-levels in ``out_dir``.
+
+    Args:
+      out_dir: the output folder.
+
+    Returns:
+      The record, its levels and background score as floats; None when ``out_dir``
+      holds no ``levels.json``, or one that is an image's sidecar (it has the image's
+      ``labels`` and no levels).
+
+    Raises:
+      ValueError: when the file cannot be read or is not a record.
+    """
+    path = os.path.join(out_dir, LEVELS_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        if _is_sidecar(record):
+            return None
+        record["levels"] = {name: float(record["levels"][name]) for name in LEVEL_NAMES}
+        record["background_score"] = float(record["background_score"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
+        raise ValueError(f"{path}: not a record of --calibrate-levels ({type(error).__name__}: "
+                         f"{error}); move it away, or pass --overwrite to calibrate again "
+                         f"and redo this run's images") from None
+    return record
+
+
+def check_record(record: dict, count: Optional[int], coverage: float, path: str) -> None:
+    """Raises ValueError, naming the record's settings, unless a run with
+    ``--calibrate-levels count --coverage coverage`` may resume at the record's levels."""
+    recorded = (f"--calibrate-levels {record.get('requested')!r} "
+                f"--coverage {record.get('coverage')!r}")
+    if count is None:
+        raise ValueError(f"{path}: this folder's images were refined at levels calibrated with "
+                         f"{recorded}; add those to resume it, or pass --overwrite to redo "
+                         f"this run's images at their own levels")
+    if (record.get("requested"), record.get("coverage")) != (count, coverage):
+        raise ValueError(f"{path}: this folder's images were refined at levels calibrated with "
+                         f"{recorded}; resume with those, or pass --overwrite to calibrate "
+                         f"again and redo this run's images")
 
 
 def sample_items(items: Sequence[Item], count: int) -> list[Item]:
@@ -61,77 +118,37 @@ def sample_items(items: Sequence[Item], count: int) -> list[Item]:
     return [items[index] for index in np.linspace(0, len(items) - 1, count).round().astype(int)]
 
 
-def recorded_levels(out_dir: str, config: RefineConfig) -> Optional[tuple[dict, RefineConfig]]:
-    """The calibration recorded in ``out_dir``'s ``levels.json``.
-
-    Args:
-      out_dir: the output folder.
-      config: the refinement settings to place the recorded levels in.
-
-    Returns:
-      None when the folder holds no record; else the record and ``config`` at its levels
-      and background score.
-
-    Raises:
-      ValueError: when the file exists but is not a calibration record.
-    """
-    path = os.path.join(out_dir, LEVELS_FILE)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
-        levels = tuple(float(record["levels"][name]) for name in LEVEL_NAMES)
-        config = dataclasses.replace(config, threshold_rule="dataset", levels=levels,
-                                     background_score=float(record["background_score"]))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a levels record of --calibrate-levels ({error!r}); "
-                         f"delete it, or pass --overwrite to calibrate again and redo every "
-                         f"image")
-    return record, config
-
-
 def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int,
                          coverage: float, out_dir: str, batch_size: int,
-                         warn: Callable[[str], None], overwrite: bool = False,
-                         note: Callable[[str], None] = lambda text: None) -> Segmenter:
-    """The segmenter with refinement levels calibrated on ``count`` of ``items``.
-
-    A run resumed into a folder that already holds ``levels.json`` (without
-    ``overwrite``) takes the levels from there, so every image of the folder is refined
-    alike; the record must have been calibrated with the same ``count`` and ``coverage``.
+                         warn: Callable[[str], None], record: Optional[dict] = None,
+                         write: bool = True) -> Segmenter:
+    """The segmenter with refinement levels calibrated on ``count`` of ``items``, or at
+    those of a resumed run's ``record``.
 
     Args:
       segmenter: the run's segmenter (its config's ``refine`` is calibrated).
       items: the run's items, in the planned order.
       count: sample size (>= 1).
       coverage: the expected share of object pixels (``calibrate_levels``).
-      out_dir: the output folder; ``levels.json`` is written there.
+      out_dir: the output folder, where ``levels.json`` is written.
       batch_size: images per device call.
       warn: reports a sample image that cannot be read (it is left out).
-      overwrite: calibrate again even when ``out_dir`` holds a record.
-      note: reports that the levels were read from the record.
+      record: ``read_record``'s record of the folder, checked by ``check_record``; its
+        levels are used and nothing is calibrated or written.
+      write: write ``levels.json`` (process 0 of a run; the others compute the same).
 
     Returns:
       The segmenter to run with (``Segmenter.with_refine``: it shares the given one's
       caches).
 
     Raises:
-      ValueError: when no sample image has labels, or a record in ``out_dir`` is
-        unreadable or was calibrated with another ``count`` or ``coverage``.
+      ValueError: when no sample image has labels.
     """
-    path = os.path.join(out_dir, LEVELS_FILE)
-    recorded = None if overwrite else recorded_levels(out_dir, segmenter.config.refine)
-    if recorded is not None:
-        record, refine_config = recorded
-        settings = (record.get("requested"), record.get("coverage"))
-        if settings != (count, coverage):
-            raise ValueError(
-                f"{path}: this folder's images were refined at levels calibrated with "
-                f"--calibrate-levels {settings[0]} --coverage {settings[1]}; resume with "
-                f"those, or pass --overwrite to calibrate again and redo every image")
-        note(f"refining at the levels calibrated in {path} ({record.get('images')} images)")
-        return segmenter.with_refine(refine_config)
+    if record is not None:
+        return segmenter.with_refine(dataclasses.replace(
+            segmenter.config.refine, threshold_rule="dataset",
+            levels=tuple(record["levels"][name] for name in LEVEL_NAMES),
+            background_score=record["background_score"]))
     images, labels, stems = [], [], []
     for item in sample_items(items, count):
         try:
@@ -150,8 +167,11 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
         raise ValueError("--calibrate-levels: no sample image has labels to calibrate on; "
                          "check the labels, or drop --calibrate-levels")
     refine_config = calibrate_levels(readings, refine_config, coverage)
+    if not write:
+        return segmenter.with_refine(refine_config)
     os.makedirs(out_dir, exist_ok=True)
-    imageio.write_json(path, {
+    imageio.remove_stale_temporaries(out_dir, {LEVELS_FILE})  # a killed run's record
+    imageio.write_json(os.path.join(out_dir, LEVELS_FILE), {
         "levels": dict(zip(LEVEL_NAMES, refine_config.levels)),
         "background_score": refine_config.background_score, "coverage": coverage,
         "requested": count, "images": len(readings), "sample": stems})
