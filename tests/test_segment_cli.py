@@ -201,7 +201,10 @@ def test_a_calibrated_run_resumes_at_its_recorded_levels(tmp_path, run, capsys):
     assert run(*paths[:2], *calibrate, "--out", out) == 0
     err = capsys.readouterr().err
     assert "1 written, 1 already complete" in err and "levels calibrated in" in err
+    assert "warning" not in err
     assert comparable(out) == first
+    assert run(*paths[:2], *calibrate, "--refine-steps", 11, "--out", out) == 0
+    assert "calibrated on the maps of another model or other settings" in capsys.readouterr().err
     assert run(*paths[:2], *calibrate, "--out", tmp_path / "short") == 0
     short = comparable(tmp_path / "short")["levels.json"]
     assert short["levels"] != first["levels.json"]["levels"]

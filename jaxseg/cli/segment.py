@@ -319,7 +319,8 @@ def _segment(args, console: Console) -> int:
         # Every process calibrates on the same sample, so all refine alike.
         segmenter = calibration.calibrated_segmenter(
             segmenter, items, args.calibrate_levels, coverage, args.out, batch_size,
-            console.warn, record=record, write=jax.process_index() == 0)
+            console.warn, record=record, write=jax.process_index() == 0,
+            settings=calibration.settings_key(args.model, config))
     batches = plan.process_batches(plan.plan_batches(items, batch_size), jax.process_index(),
                                    jax.process_count())
     if jax.process_index() > 0:

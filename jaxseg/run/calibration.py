@@ -9,13 +9,14 @@ process (a fixed choice from the planned list, deterministic maps), so the level
 with them the masks, are too. Process 0 writes them to ``levels.json`` in the output
 folder, and a resumed run reads them back from there (``read_record``) instead of
 calibrating again, so the images it adds are refined like those already written even when
-its image list has changed. The record does not hold the model, method or refinement
-settings it was calibrated with; a resume must use the same ones, as for every output.
+its image list has changed. The record keeps a digest of the model and settings that made
+the sample's maps (``settings_key``); a resume with other ones is warned.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Callable, Optional, Sequence
@@ -111,6 +112,12 @@ def check_record(record: dict, count: Optional[int], coverage: float, path: str)
                          f"again and redo this run's images")
 
 
+def settings_key(model: str, config) -> str:
+    """A short digest of the model and settings that make a run's maps (``levels.json``
+    records it, so a resume with other ones is told its levels may not fit)."""
+    return hashlib.sha256(f"{model}\n{config!r}".encode("utf-8")).hexdigest()[:16]
+
+
 def sample_items(items: Sequence[Item], count: int) -> list[Item]:
     """``count`` items spread evenly over ``items`` (all of them when there are fewer)."""
     if count >= len(items):
@@ -121,7 +128,7 @@ def sample_items(items: Sequence[Item], count: int) -> list[Item]:
 def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int,
                          coverage: float, out_dir: str, batch_size: int,
                          warn: Callable[[str], None], record: Optional[dict] = None,
-                         write: bool = True) -> Segmenter:
+                         write: bool = True, settings: str = "") -> Segmenter:
     """The segmenter with refinement levels calibrated on ``count`` of ``items``, or at
     those of a resumed run's ``record``.
 
@@ -136,6 +143,8 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
       record: ``read_record``'s record of the folder, checked by ``check_record``; its
         levels are used and nothing is calibrated or written.
       write: write ``levels.json`` (process 0 of a run; the others compute the same).
+      settings: ``settings_key`` of the run, recorded; a ``record`` made with another
+        one is used with a warning.
 
     Returns:
       The segmenter to run with (``Segmenter.with_refine``: it shares the given one's
@@ -145,6 +154,10 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
       ValueError: when no sample image has labels.
     """
     if record is not None:
+        if record.get("settings") != settings:
+            warn(f"{os.path.join(out_dir, LEVELS_FILE)} was calibrated on the maps of another "
+                 f"model or other settings; its levels may not suit this run's maps (pass "
+                 f"--overwrite to calibrate again)")
         return segmenter.with_refine(dataclasses.replace(
             segmenter.config.refine, threshold_rule="dataset",
             levels=tuple(record["levels"][name] for name in LEVEL_NAMES),
@@ -174,5 +187,5 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
     imageio.write_json(os.path.join(out_dir, LEVELS_FILE), {
         "levels": dict(zip(LEVEL_NAMES, refine_config.levels)),
         "background_score": refine_config.background_score, "coverage": coverage,
-        "requested": count, "images": len(readings), "sample": stems})
+        "requested": count, "images": len(readings), "sample": stems, "settings": settings})
     return segmenter.with_refine(refine_config)
