@@ -139,12 +139,12 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
       coverage: the expected share of object pixels (``calibrate_levels``).
       out_dir: the output folder, where ``levels.json`` is written.
       batch_size: images per device call.
-      warn: reports a sample image that cannot be read (it is left out).
+      warn: reports a sample image that cannot be read (it is left out), and a
+        ``record`` made with other ``settings``.
       record: ``read_record``'s record of the folder, checked by ``check_record``; its
         levels are used and nothing is calibrated or written.
       write: write ``levels.json`` (process 0 of a run; the others compute the same).
-      settings: ``settings_key`` of the run, recorded; a ``record`` made with another
-        one is used with a warning.
+      settings: ``settings_key`` of the run, written to the record.
 
     Returns:
       The segmenter to run with (``Segmenter.with_refine``: it shares the given one's
