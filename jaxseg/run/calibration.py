@@ -57,11 +57,20 @@ def _is_sidecar(data) -> bool:
     return isinstance(data, dict) and "labels" in data and "levels" not in data
 
 
+def _load(out_dir: str):
+    """``out_dir``'s parsed ``levels.json``; None when there is none (OSError, ValueError
+    or RecursionError when it cannot be read)."""
+    try:
+        with open(os.path.join(out_dir, LEVELS_FILE), encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+
+
 def holds_sidecar(out_dir: str) -> bool:
     """Whether ``out_dir``'s ``levels.json`` is an image's sidecar, not a record."""
     try:
-        with open(os.path.join(out_dir, LEVELS_FILE), encoding="utf-8") as handle:
-            return _is_sidecar(json.load(handle))
+        return _is_sidecar(_load(out_dir))
     except (OSError, ValueError, RecursionError):
         return False
 
@@ -82,14 +91,11 @@ def read_record(out_dir: str) -> Optional[dict]:
     """
     path = os.path.join(out_dir, LEVELS_FILE)
     try:
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
-        if _is_sidecar(record):
+        record = _load(out_dir)
+        if record is None or _is_sidecar(record):
             return None
         record["levels"] = {name: float(record["levels"][name]) for name in LEVEL_NAMES}
         record["background_score"] = float(record["background_score"])
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise ValueError(f"{path}: not a record of --calibrate-levels ({type(error).__name__}: "
                          f"{error}); move it away, or pass --overwrite to calibrate again "
