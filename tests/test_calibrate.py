@@ -1,13 +1,15 @@
 """Tests of levels calibrated on a dataset's maps (``jaxseg.refinement.calibrate``)."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation, gaussian_filter
 
 from jaxseg.refinement.calibrate import (DATASET_COVERAGE, SHARE_BINS, CalibrationReading,
-                                         calibrate_levels, coverage_cut, read_calibration)
+                                         calibrate_levels, coverage_cut, dataset_config,
+                                         read_calibration)
 from jaxseg.refinement.config import RefineConfig
 from jaxseg.refinement.refine import lay_on_canvas, refine
 from jaxseg.refinement.unaries import read_maps
@@ -80,6 +82,12 @@ def test_calibrate_levels_takes_the_median_levels_and_the_samples_coverage_cut()
     assert dataclasses.replace(config, threshold_rule="otsu", levels=base.levels,
                                background_score=base.background_score) == base
     hash(config)  # a jit-static argument
+    # What a dataset run records (JSON numbers) gives back the very config.
+    recorded = json.loads(json.dumps({"levels": config.levels,
+                                      "background_score": config.background_score}))
+    assert dataset_config(base, recorded["levels"], recorded["background_score"]) == config
+    assert all(type(level) is float
+               for level in dataset_config(base, np.float32([0.4, 0.1, 0.7]), 0.1).levels)
     assert calibrate_levels(readings, base, background_score=-0.1).background_score == -0.1
     for bad in ([], [_reading([0.3, 0.1], np.ones(SHARE_BINS))]):
         with pytest.raises(ValueError, match="calibrate_levels: readings"):

@@ -159,5 +159,22 @@ def calibrate_levels(readings: Iterable[CalibrationReading],
     if background_score is None:
         share_above = np.mean([reading.share_above for reading in readings], axis=0)
         background_score = coverage_cut(share_above, coverage) - theta
-    return dataclasses.replace(config, threshold_rule="dataset", levels=(theta, low, high),
+    return dataset_config(config, (theta, low, high), background_score)
+
+
+def dataset_config(config: RefineConfig, levels: Iterable[float],
+                   background_score: float) -> RefineConfig:
+    """``config`` reading every image at the given levels (the "dataset" rule).
+
+    Args:
+      config: the other settings, kept.
+      levels: (theta, mu_bg, mu_fg), as :func:`calibrate_levels` gives them.
+      background_score: ``RefineConfig.background_score``.
+
+    Returns:
+      The config, its levels and score as Python floats (so it stays hashable, and a
+      record read back from JSON gives the very config it was written from).
+    """
+    return dataclasses.replace(config, threshold_rule="dataset",
+                               levels=tuple(float(level) for level in levels),
                                background_score=float(background_score))

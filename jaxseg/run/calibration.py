@@ -15,7 +15,6 @@ the sample's maps (``settings_key``); a resume with other ones is warned.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -23,7 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from jaxseg.refinement.calibrate import calibrate_levels, read_calibration
+from jaxseg.refinement.calibrate import calibrate_levels, dataset_config, read_calibration
 from jaxseg.run import imageio
 from jaxseg.run.datasets import Item
 from jaxseg.segmenter import Segmenter
@@ -164,10 +163,9 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
             warn(f"{os.path.join(out_dir, LEVELS_FILE)} was calibrated on the maps of another "
                  f"model or other settings; its levels may not suit this run's maps (pass "
                  f"--overwrite to calibrate again)")
-        return segmenter.with_refine(dataclasses.replace(
-            segmenter.config.refine, threshold_rule="dataset",
-            levels=tuple(record["levels"][name] for name in LEVEL_NAMES),
-            background_score=record["background_score"]))
+        return segmenter.with_refine(dataset_config(
+            segmenter.config.refine, (record["levels"][name] for name in LEVEL_NAMES),
+            record["background_score"]))
     images, labels, stems = [], [], []
     for item in sample_items(items, count):
         try:
