@@ -72,6 +72,7 @@ from jaxseg.refinement.calibrate import (  # noqa: E402
 from jaxseg.refinement.classifier import ClassifierConfig  # noqa: E402
 from jaxseg.refinement.config import RefineConfig  # noqa: E402
 from jaxseg.refinement.refine import refine  # noqa: E402
+from jaxseg.run.pool import exit_with_parent  # noqa: E402
 
 TIMING_IMAGE = "000000000049"
 VOC_IDS = 21  # background and the 20 VOC classes
@@ -178,7 +179,9 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
-    with context.Pool(args.workers) as pool:
+    # Workers end with this process, however it is killed.
+    pool_options = {"initializer": exit_with_parent, "initargs": (os.getpid(),)}
+    with context.Pool(args.workers, **pool_options) as pool:
         for _ in pool.imap_unordered(cached_baselines,
                                      [(args.data, cache, i, args.family) for i in ids]):
             pass
@@ -195,7 +198,7 @@ def main() -> None:
     # One recipe per job and a fresh worker for each: every configuration compiles once per
     # canvas, and a process never holds more than one recipe's (more than about ten
     # compiled configurations exhaust one process's LLVM memory on this machine).
-    with context.Pool(args.workers, maxtasksperchild=1) as pool:
+    with context.Pool(args.workers, maxtasksperchild=1, **pool_options) as pool:
         totals, seconds = {}, 0.0
         for out, spent in pool.imap_unordered(refined, jobs):
             seconds = seconds + spent

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import time
 import zlib
@@ -723,8 +724,10 @@ def calibrate(data_dir: Path | str = DEFAULT_DATA, recipes: dict[str, Recipe] | 
         assert all(RECIPES.get(name) is recipe for name, recipe in recipes.items()), \
             "workers > 1 needs registry recipes"
         from multiprocessing import Pool
+
+        from jaxseg.run.pool import exit_with_parent
         jobs = [(data_dir, label_set, image_id, tuple(recipes), thresholds, powers) for image_id in ids]
-        pool = Pool(workers)
+        pool = Pool(workers, initializer=exit_with_parent, initargs=(os.getpid(),))
         results = pool.imap_unordered(_worker, jobs)
     else:
         pool = None

@@ -42,6 +42,7 @@ from jaxseg.imaging import resize_maps  # noqa: E402
 from jaxseg.refinement.config import RefineConfig  # noqa: E402
 from jaxseg.refinement.refine import cut_unaries, lay_on_canvas  # noqa: E402
 from jaxseg.refinement.unaries import UnaryParts, distil, mix_unaries, unary_parts  # noqa: E402
+from jaxseg.run.pool import exit_with_parent  # noqa: E402
 
 WEIGHTS = (0.0, 0.5, 1.0, 1.5)
 ADJUSTMENTS = (0.5, 1.0)
@@ -129,7 +130,9 @@ def main() -> None:
     started = time.perf_counter()
     jobs = [(args.data, image_id) for image_id in recipes.image_ids(args.data, "voc20")[::args.stride]]
     # Fresh workers now and then: each canvas and label bucket compiles its own programs.
-    with multiprocessing.get_context("spawn").Pool(args.workers, maxtasksperchild=8) as pool:
+    with multiprocessing.get_context("spawn").Pool(
+            args.workers, maxtasksperchild=8, initializer=exit_with_parent,
+            initargs=(os.getpid(),)) as pool:
         results = list(pool.imap_unordered(image_variants, jobs))
     report(results)
     print(f"\n({time.perf_counter() - started:.0f} s)")

@@ -49,8 +49,15 @@ _WORKER_CONFIG = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",
                   "jax_persistent_cache_min_entry_size_bytes")
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Ends this worker when ``parent`` dies, however it dies."""
+def exit_with_parent(parent: int) -> None:
+    """Ends this process when ``parent`` dies, however it dies.
+
+    The initializer of every worker pool (:class:`RefinePool`'s, and the benchmark
+    scripts'), so that a killed run leaves no worker computing on.
+
+    Args:
+      parent: the pid of the process that started this one.
+    """
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -68,7 +75,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _init_worker(config: dict, parent: int) -> None:
-    _exit_with_parent(parent)
+    exit_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # One XLA thread per worker: the pool already runs one worker per core.
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [
