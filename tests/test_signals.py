@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from test_segment_cli import FAST, REPO, comparable, random_images
 
 from jaxseg.cli import segment
+from jaxseg.run.pool import exit_with_parent
 from compile_cache import CACHE_ARGS
 
 GROUP_GRACE_S = 15
@@ -86,3 +90,25 @@ def test_killed_run_leaves_no_process_and_resumes_to_the_same_outputs(dataset, t
     (out / ".img7.png.tmp-424242").write_bytes(b"left by a killed run")
     assert segment.main([*common, *CACHE_ARGS, "--out", str(out)]) == 0
     assert comparable(out) == comparable(root / "reference")
+
+
+def test_a_worker_outlives_the_thread_that_started_it():
+    """Workers end with their parent process, not with the thread that started them.
+
+    ``multiprocessing.Pool`` starts replacement workers from a helper thread; when Linux's
+    PR_SET_PDEATHSIG (used before) killed them as that thread ended, an idle one could die
+    holding the task queue's lock and leave ``Pool.terminate()`` waiting forever. The
+    executor here starts its worker in the thread of its first ``submit``, and reports a
+    killed worker instead of hanging.
+    """
+    executor = concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
+        initargs=(os.getpid(),))
+    with executor:
+        first = {}
+        starter = threading.Thread(target=lambda: first.update(
+            pid=executor.submit(os.getpid).result(timeout=120)))
+        starter.start()
+        starter.join()
+        time.sleep(1.0)  # twice the parent watcher's poll
+        assert executor.submit(os.getpid).result(timeout=60) == first["pid"]

@@ -3,21 +3,19 @@
 Workers are started with the ``"spawn"`` method (forking a process that has initialised
 JAX copies its runtime threads' locks in whatever state they are in, and the child can
 deadlock) and run JAX on the CPU with one XLA thread each (one worker per core). They
-never outlive the run: each asks the kernel to kill it when its parent dies (Linux
-``PR_SET_PDEATHSIG``) and also watches its parent's pid from a thread (any platform), so a
-run killed by SIGKILL, SIGTERM or the OOM killer leaves no process behind. They ignore
-SIGINT: Ctrl-C stops the run through the parent, which finishes the jobs in flight.
+never outlive the run: each watches its parent's pid from a thread and exits within
+half a second of the parent's death, so a run killed by SIGKILL, SIGTERM or the OOM killer
+leaves no process behind. They ignore SIGINT: Ctrl-C stops the run through the parent,
+which finishes the jobs in flight.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import ctypes
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar
@@ -26,7 +24,6 @@ import jax
 
 Tag = TypeVar("Tag")
 _PARENT_POLL_SECONDS = 0.5
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def available_cores() -> int:
@@ -53,19 +50,16 @@ def exit_with_parent(parent: int) -> None:
     """Ends this process when ``parent`` dies, however it dies.
 
     The initializer of every worker pool (:class:`RefinePool`'s, and the benchmark
-    scripts'), so that a killed run leaves no worker computing on.
+    scripts'), so that a killed run leaves no worker computing on. A thread polls the
+    parent's pid. Linux's ``PR_SET_PDEATHSIG`` would be quicker, but it fires when the
+    *thread* that started the worker ends: ``multiprocessing.Pool`` starts replacement
+    workers (``maxtasksperchild``) from a helper thread, whose end at ``terminate()``
+    killed an idle worker holding the task queue's lock, and ``terminate()`` then waited
+    on that lock forever.
 
     Args:
       parent: the pid of the process that started this one.
     """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass  # the watcher below still works
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os._exit(1)
-
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(_PARENT_POLL_SECONDS)
