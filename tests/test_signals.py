@@ -92,6 +92,65 @@ def test_killed_run_leaves_no_process_and_resumes_to_the_same_outputs(dataset, t
     assert comparable(out) == comparable(root / "reference")
 
 
+# The command line with each batch's collection held in one device call of about 15 s.
+SLOW_DEVICE_RUN = """
+import sys, time
+import jax, jax.numpy as jnp
+from jaxseg.cli import segment
+from jaxseg.segmenter import Segmenter
+
+started, finished = sys.argv[1], sys.argv[2]
+busy = jax.jit(lambda x, steps: jax.lax.fori_loop(0, steps, lambda i, y: jnp.sin(y) + 1.0, x))
+x = jnp.float32(0.5)
+busy(x, 10).block_until_ready()
+begin = time.perf_counter()
+busy(x, 10**7).block_until_ready()
+steps = min(2**31 - 1, int(10**7 * 15.0 / (time.perf_counter() - begin)))
+collect = Segmenter.collect
+
+def slow_collect(self, batch):
+    open(started, "w").close()
+    busy(x, steps).block_until_ready()
+    open(finished, "w").close()
+    return collect(self, batch)
+
+Segmenter.collect = slow_collect
+sys.exit(segment.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals a process group")
+def test_an_interrupted_run_waits_for_the_device_call_in_progress(dataset, tmp_path):
+    """Ctrl-C while a batch is on the device: the run ends with status 130 after that call.
+
+    A process that exits while one of its threads is inside XLA aborts ("terminate called
+    after throwing ...", SIGABRT) instead of exiting with its status. The run used to wait
+    10 s for its threads and then exit, so a device call (or compile) longer than that,
+    e.g. a batch of TTA views of ViT-B/16 on a CPU, ended an interrupted run in SIGABRT.
+    """
+    root, common = dataset
+    script = tmp_path / "slow_device_run.py"
+    script.write_text(SLOW_DEVICE_RUN)
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(started), str(finished), *common, *CACHE_ARGS,
+         "--refine-workers", "1", "--out", str(tmp_path / "out")],
+        env=dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not started.exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no batch reached the device within 180 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    status = process.wait(timeout=120)
+    err = process.stderr.read().decode()
+    process.stderr.close()
+    assert status == 130, err
+    assert finished.exists(), "the run exited inside the device call"
+    assert "stopped by interrupt; run the same command again" in err, err
+
+
 def test_a_worker_outlives_the_thread_that_started_it():
     """Workers end with their parent process, not with the thread that started them.
 

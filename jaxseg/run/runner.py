@@ -14,13 +14,16 @@
 Interrupted by ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM as the command line turns it),
 the run stops taking work, lets the jobs in flight finish, and returns its summary with
 ``interrupted`` set: finished images are kept, and writes are atomic, so nothing is left
-half-written.
+half-written. It returns only once its threads have ended, each after the device call it
+is in (which cannot be cut short): a process that exits while a thread is inside XLA
+aborts (SIGABRT) instead of exiting with its status.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import queue
@@ -98,6 +101,16 @@ def _fail(slot: _Slot, error: BaseException) -> None:
     slot.trace = "".join(traceback.format_exception(error))
 
 
+def _get(source: queue.Queue, stop: threading.Event):
+    """The next entry of ``source``; ``_DONE`` once ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            return source.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            continue
+    return _DONE
+
+
 def _put(target: queue.Queue, entry, stop: threading.Event) -> bool:
     while not stop.is_set():
         try:
@@ -152,7 +165,7 @@ def _collect(segmenter: Segmenter, handoff: queue.Queue, jobs: queue.Queue,
              stop: threading.Event) -> None:
     """Collector thread: waits for each batch's results, queues its fresh images."""
     try:
-        while (entry := handoff.get()) is not _DONE:
+        while (entry := _get(handoff, stop)) is not _DONE:
             slots, pending = entry
             outputs = [None] * len(slots)
             if pending is not None:
@@ -206,10 +219,12 @@ def run_dataset(batches: Sequence[list[Item]], segmenter: Segmenter, out_dir: st
     stop = threading.Event()
     handoff: queue.Queue = queue.Queue(maxsize=_IN_FLIGHT * len(segmenter.devices))
     jobs: queue.Queue = queue.Queue(maxsize=2 * batch_size)
-    threads = [threading.Thread(target=_feed, name="jaxseg-device", daemon=True,
+    # Not daemons: the interpreter's exit waits for them too (after a second Ctrl-C), since
+    # exiting under a thread that is inside XLA aborts the process.
+    threads = [threading.Thread(target=_feed, name="jaxseg-device",
                                 args=(work, done, segmenter, batch_size, "maps" in extras, handoff,
                                       stop)),
-               threading.Thread(target=_collect, name="jaxseg-collect", daemon=True,
+               threading.Thread(target=_collect, name="jaxseg-collect",
                                 args=(segmenter, handoff, jobs, stop))]
     writes: collections.deque = collections.deque()
 
@@ -249,8 +264,13 @@ def run_dataset(batches: Sequence[list[Item]], segmenter: Segmenter, out_dir: st
     for thread in threads:
         thread.start()
     try:
-        with RefinePool(0 if fresh <= 1 else refine_workers) as pool, \
-                concurrent.futures.ThreadPoolExecutor(_WRITERS, "jaxseg-write") as writers:
+        with contextlib.ExitStack() as stack:
+            pool = stack.enter_context(RefinePool(0 if fresh <= 1 else refine_workers))
+            writers = stack.enter_context(
+                concurrent.futures.ThreadPoolExecutor(_WRITERS, "jaxseg-write"))
+            # Unwound first: an interrupted run's device threads stop while the pool and the
+            # writers finish their jobs.
+            stack.callback(stop.set)
             for (slot, output, scores), future in pool.imap(refine_mask, refine_jobs()):
                 try:
                     mask, slot.timings["refine"] = future.result()
@@ -276,7 +296,7 @@ def run_dataset(batches: Sequence[list[Item]], segmenter: Segmenter, out_dir: st
     finally:
         stop.set()
         for thread in threads:
-            thread.join(timeout=10.0)
+            thread.join()
         if progress is not None:
             progress.close()
     summary.wall_seconds = time.perf_counter() - started
