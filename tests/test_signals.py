@@ -38,6 +38,20 @@ def group_members(group: int) -> list[int]:
     return members
 
 
+@pytest.fixture
+def sigint_default():
+    """Children start with Ctrl-C's default action, as from a terminal.
+
+    A suite started in the background of a non-interactive shell (``pytest ... &``) ignores
+    SIGINT, and a child inherits an ignored signal: its Python then never raises
+    KeyboardInterrupt (as POSIX asks of background jobs), and a run sent SIGINT finishes
+    with status 0. A handled signal is reset to its default in the child.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_checkpoint):
     """A folder dataset of 24 images and its uninterrupted outputs (enough that a run
@@ -56,7 +70,7 @@ def dataset(tmp_path_factory, tiny_checkpoint):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killed_run_leaves_no_process_and_resumes_to_the_same_outputs(dataset, tmp_path,
-                                                                       signum):
+                                                                       sigint_default, signum):
     root, common = dataset
     out, cache = tmp_path / "out", tmp_path / "cache"
     env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1")
@@ -94,33 +108,43 @@ def test_killed_run_leaves_no_process_and_resumes_to_the_same_outputs(dataset, t
 
 # The command line with each batch's collection held in one device call of about 15 s.
 SLOW_DEVICE_RUN = """
-import sys, time
-import jax, jax.numpy as jnp
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
 from jaxseg.cli import segment
 from jaxseg.segmenter import Segmenter
 
-started, finished = sys.argv[1], sys.argv[2]
-busy = jax.jit(lambda x, steps: jax.lax.fori_loop(0, steps, lambda i, y: jnp.sin(y) + 1.0, x))
-x = jnp.float32(0.5)
-busy(x, 10).block_until_ready()
-begin = time.perf_counter()
-busy(x, 10**7).block_until_ready()
-steps = min(2**31 - 1, int(10**7 * 15.0 / (time.perf_counter() - begin)))
-collect = Segmenter.collect
 
-def slow_collect(self, batch):
-    open(started, "w").close()
-    busy(x, steps).block_until_ready()
-    open(finished, "w").close()
-    return collect(self, batch)
+def main(started, finished, *argv):
+    busy = jax.jit(lambda x, steps: jax.lax.fori_loop(0, steps, lambda i, y: jnp.sin(y) + 1, x))
+    x = jnp.float32(0.5)
+    busy(x, 10).block_until_ready()
+    begin = time.perf_counter()
+    busy(x, 10**7).block_until_ready()
+    steps = min(2**31 - 1, int(10**7 * 15.0 / (time.perf_counter() - begin)))
+    collect = Segmenter.collect
 
-Segmenter.collect = slow_collect
-sys.exit(segment.main(sys.argv[3:]))
+    def slow_collect(self, batch):
+        open(started, "w").close()
+        busy(x, steps).block_until_ready()
+        open(finished, "w").close()
+        return collect(self, batch)
+
+    Segmenter.collect = slow_collect
+    return segment.main(list(argv))
+
+
+if __name__ == "__main__":  # refinement workers (spawned) import this file too
+    sys.exit(main(*sys.argv[1:]))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals a process group")
-def test_an_interrupted_run_waits_for_the_device_call_in_progress(dataset, tmp_path):
+def test_an_interrupted_run_waits_for_the_device_call_in_progress(dataset, tmp_path,
+                                                                  sigint_default):
     """Ctrl-C while a batch is on the device: the run ends with status 130 after that call.
 
     A process that exits while one of its threads is inside XLA aborts ("terminate called
