@@ -96,6 +96,7 @@ def test_killed_run_leaves_no_process_and_resumes_to_the_same_outputs(dataset, t
         assert status == -signal.SIGKILL
     else:
         assert status == (143 if signum == signal.SIGTERM else 130), err
+        assert "received: stopping once the work in progress ends" in err, err
         assert "already complete" in err and "run the same command again" in err, err
         assert not [name for name in os.listdir(out) if ".tmp-" in name]
     finished = sum(name.endswith(".json") for name in os.listdir(out))
@@ -172,7 +173,7 @@ def test_an_interrupted_run_waits_for_the_device_call_in_progress(dataset, tmp_p
     process.stderr.close()
     assert status == 130, err
     assert finished.exists(), "the run exited inside the device call"
-    assert "stopped by interrupt; run the same command again" in err, err
+    assert "Ctrl-C received: stopping" in err and "stopped by interrupt" in err, err
 
 
 def test_a_worker_outlives_the_thread_that_started_it():

@@ -54,13 +54,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
 import sys
-import threading
 import traceback
 from typing import Optional, Sequence
 
 from jaxseg.cli.console import Console, configure_compile_cache, default_cache_dir, warnings_to
+from jaxseg.cli.signals import Terminated, stop_on_signals
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
 # Known without importing jaxseg.config (which imports JAX): --help stays fast.
@@ -244,15 +243,6 @@ def _config(args):
     return config
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (SLURM's scancel and time limits, Kubernetes, ``kill``), raised in the main
-    thread so that the run stops as cleanly as on Ctrl-C."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()
-
-
 def _run(args, console: Console) -> int:
     from jaxseg.run import sharding
 
@@ -366,11 +356,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     console = Console(args.quiet, args.debug)
-    previous = signal.getsignal(signal.SIGTERM)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    if in_main_thread:
-        signal.signal(signal.SIGTERM, _terminate)
-    with warnings_to(console):
+    with warnings_to(console), stop_on_signals(PROG):
         try:
             return _run(args, console)
         except KeyboardInterrupt as interrupt:
@@ -389,9 +375,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             console.line(f"{PROG}: internal error: {type(error).__name__}: {error} (rerun with "
                          "--debug for the traceback)")
             return 1
-        finally:
-            if in_main_thread:
-                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
