@@ -327,6 +327,11 @@ def test_no_labels_gives_all_background():
     (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32), None, "scores"),
     (np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8), np.int32), None, "scores"),
     (np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8), np.float32), np.zeros((4, 512)), "features"),
+    (np.zeros((8, 8, 3), np.uint8), np.full((1, 8, 8), np.nan, np.float32), None, "scores hold 64 NaN"),
+    (np.zeros((8, 8, 3), np.uint8), np.where(np.eye(8, dtype=bool), np.inf, 0).astype(np.float32)[None], None,
+     "scores hold 8 NaN or infinite"),
+    (np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8), np.float32), np.full((2, 2, 4), np.nan),
+     "features hold 16"),
 ])
 def test_bad_inputs_raise_value_error_naming_them(image, scores, features, name):
     with pytest.raises(ValueError, match=name):

@@ -62,6 +62,13 @@ def _validate(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None
     if features is not None and (features.ndim != 3 or not np.issubdtype(features.dtype, np.floating)):
         raise ValueError(f"refine: features must be float [h, w, C] or None, got "
                          f"{features.dtype} {features.shape}")
+    # A NaN or infinite map would otherwise be rescaled to nothing and come back as all
+    # background, hiding the fault upstream (e.g. a float16 relevance that overflowed).
+    for name, array in (("scores", scores), ("features", features)):
+        if array is not None and not np.isfinite(array).all():
+            raise ValueError(f"refine: {name} hold {array.size - np.isfinite(array).sum()} NaN or "
+                             f"infinite values; pass finite {name} (compute them in float32 if "
+                             f"float16 overflowed)")
 
 
 def _upsample_labels(labels: np.ndarray, small_image: np.ndarray, image: np.ndarray,
@@ -209,7 +216,8 @@ def refine(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None = 
       int32 ``[H, W]``: 0 background, k the k-th label (1-based).
 
     Raises:
-      ValueError: when an input's shape or dtype does not match.
+      ValueError: when an input's shape or dtype does not match, or scores or features
+        hold NaN or infinite values.
     """
     image, scores = np.asarray(image), np.asarray(scores)
     features = None if features is None else np.asarray(features, np.float32)
