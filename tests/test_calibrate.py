@@ -48,6 +48,13 @@ def test_reading_holds_the_otsu_rules_levels_and_the_best_maps_share_curve():
     np.testing.assert_array_equal(other.share_above, reading.share_above)
 
 
+def test_reading_refuses_maps_that_are_not_finite():
+    image, scores, _ = _scene(0)
+    scores[0, :2] = np.nan  # NaN maps would give every image of a run NaN levels
+    with pytest.raises(ValueError, match=f"read_calibration: scores hold {2 * scores.shape[2]} NaN"):
+        read_calibration(image, scores)
+
+
 def _reading(levels, share_above):
     return CalibrationReading(np.asarray(levels, np.float64), np.asarray(share_above, np.float64))
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from jaxseg.refinement import seeds
 from jaxseg.refinement.config import RefineConfig
-from jaxseg.refinement.refine import lay_on_canvas
+from jaxseg.refinement.refine import lay_on_canvas, validate_inputs
 from jaxseg.refinement.unaries import read_maps
 
 # The share of pixels the calibrated cut leaves to the objects by default (the best on the
@@ -90,9 +90,15 @@ def read_calibration(image: np.ndarray, scores: np.ndarray,
 
     Returns:
       The image's :class:`CalibrationReading`.
+
+    Raises:
+      ValueError: as ``refine``, when an input's shape or dtype does not match or the
+        scores hold NaN or infinite values (they would give every image NaN levels).
     """
+    image, scores = np.asarray(image), np.asarray(scores)
+    validate_inputs(image, scores, None, "read_calibration")
     config = dataclasses.replace(config, threshold_rule="otsu")
-    laid = lay_on_canvas(np.asarray(image), np.asarray(scores), config)
+    laid = lay_on_canvas(image, scores, config)
     levels, share_above = jax.device_get(_reading_program(
         laid.image, laid.size_hw, laid.maps, laid.label_mask, config))
     return CalibrationReading(np.asarray(levels, np.float64), np.asarray(share_above, np.float64))

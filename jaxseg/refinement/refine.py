@@ -51,22 +51,26 @@ def graph_cut(image: np.ndarray, probabilities: np.ndarray,
                            config.move_margin)
 
 
-def _validate(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None) -> None:
+def validate_inputs(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None,
+                    caller: str = "refine") -> None:
+    """Raises ValueError, naming ``caller`` and the input, unless ``image`` is uint8
+    ``[H, W, 3]``, ``scores`` float ``[K, H, W]`` of the same (H, W) and ``features`` None
+    or float ``[h, w, C]``, all finite."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"refine: image must be uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+        raise ValueError(f"{caller}: image must be uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
     if scores.ndim != 3 or scores.shape[1:] != image.shape[:2]:
-        raise ValueError(f"refine: scores must be float [K, H, W] with (H, W) = {image.shape[:2]} "
+        raise ValueError(f"{caller}: scores must be float [K, H, W] with (H, W) = {image.shape[:2]} "
                          f"of the image, got {scores.shape}")
     if not np.issubdtype(scores.dtype, np.floating):
-        raise ValueError(f"refine: scores must be a float array in [0, 1], got dtype {scores.dtype}")
+        raise ValueError(f"{caller}: scores must be a float array in [0, 1], got dtype {scores.dtype}")
     if features is not None and (features.ndim != 3 or not np.issubdtype(features.dtype, np.floating)):
-        raise ValueError(f"refine: features must be float [h, w, C] or None, got "
+        raise ValueError(f"{caller}: features must be float [h, w, C] or None, got "
                          f"{features.dtype} {features.shape}")
     # A NaN or infinite map would otherwise be rescaled to nothing and come back as all
     # background, hiding the fault upstream (e.g. a float16 relevance that overflowed).
     for name, array in (("scores", scores), ("features", features)):
         if array is not None and not np.isfinite(array).all():
-            raise ValueError(f"refine: {name} hold {array.size - np.isfinite(array).sum()} NaN or "
+            raise ValueError(f"{caller}: {name} hold {array.size - np.isfinite(array).sum()} NaN or "
                              f"infinite values; pass finite {name} (compute them in float32 if "
                              f"float16 overflowed)")
 
@@ -221,7 +225,7 @@ def refine(image: np.ndarray, scores: np.ndarray, features: np.ndarray | None = 
     """
     image, scores = np.asarray(image), np.asarray(scores)
     features = None if features is None else np.asarray(features, np.float32)
-    _validate(image, scores, features)
+    validate_inputs(image, scores, features)
     height, width = image.shape[:2]
     num_labels = scores.shape[0]
     if num_labels == 0:
