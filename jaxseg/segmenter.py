@@ -93,9 +93,11 @@ def refine_mask(image: np.ndarray, output: DeviceOutput,
 
     ``config.refine_mode`` chooses jaxseg's refinement (``"graphcut"``: the cut of the
     device's unaries), the dense CRF (``"crf"``) or the argmax of the scores (``"none"``).
-    Module level and picklable, so a process pool can run it.
+    Module level and picklable (a process pool runs it); ValueError for maps not finite.
     """
     start = time.perf_counter()
+    stage.require_finite([output.unaries] if config.refine_mode == "graphcut"
+                         else [output.scores, output.background])
     if config.refine_mode == "graphcut":
         mask = (np.zeros(image.shape[:2], np.int32) if output.unaries is None  # no labels
                 else cut_unaries(image, output.unaries, config.refine))

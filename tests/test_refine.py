@@ -13,7 +13,8 @@ from jaxseg.refinement import graphcut
 from jaxseg.imaging import resize_image, resize_maps
 from jaxseg.refinement.refine import graph_cut, lay_on_canvas, refine
 from jaxseg.refinement.smoothing import edge_aware_smooth
-from jaxseg.refinement.unaries import distil, image_unaries, mix_unaries, unary_parts
+from jaxseg.refinement.unaries import (batch_unaries, distil, image_unaries, mix_unaries,
+                                      unary_parts)
 
 RED, BLUE, GREEN = (200, 40, 40), (40, 60, 190), (50, 170, 60)
 
@@ -273,6 +274,27 @@ def test_unary_parts_recompose_the_unaries_and_distil_refits_on_any_seeds():
                         RefineConfig(distillation=False))
     np.testing.assert_array_equal(plain.distilled, plain.prior)
     np.testing.assert_array_equal(plain.prior, parts.prior)
+
+
+def test_batch_unaries_mark_an_image_with_nan_maps_and_leave_the_others_alone():
+    # The stage's min-max reductions may drop a NaN (XLA's CPU min and max do), which
+    # turned NaN maps into a quiet all-background mask; the batch marks such an image NaN
+    # for the host to refuse, and a NaN in a padding label does not count.
+    image, truth = _two_colour_scene()
+    scores = np.stack([_coarse(truth, (2, 2), 4), _coarse(~truth, (1, 1), 5)])
+    broken, padded = scores.copy(), scores.copy()
+    broken[0, 3, 5] = np.nan
+    padded[1] = np.nan
+    config = RefineConfig(distillation=False)
+    unaries = np.asarray(batch_unaries(
+        np.stack([broken, padded]), np.array([truth.shape] * 2), np.stack([image] * 2),
+        np.array([truth.shape] * 2), np.array([[True, True], [True, False]]), None, None,
+        config=config), np.float32)
+    assert np.isnan(unaries[0]).all() and np.isfinite(unaries[1]).all()
+    alone = np.asarray(batch_unaries(
+        scores[None, :1], np.array([truth.shape]), image[None], np.array([truth.shape]),
+        np.array([[True]]), None, None, config=config), np.float32)
+    np.testing.assert_array_equal(unaries[1, :2], alone[0])
 
 
 def test_canvas_holds_the_resized_image_at_the_top_left_in_a_shared_bucket():

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
@@ -57,6 +58,24 @@ def test_segment_outputs_and_determinism(tiny_clip):
 def test_no_labels_is_all_background(tiny_clip):
     result = jaxseg.segment(tiny_clip, two_region_image(), [], CONFIG)
     assert result.scores.shape == (0, 40, 60) and not result.mask.any()
+
+
+@pytest.mark.parametrize("mode, view, method", [
+    ("graphcut", "tta", "chefer"), ("crf", "tta", "chefer"), ("none", "tta", "chefer"),
+    ("graphcut", "native", "naclip"), ("none", "tta", ("chefer", "naclip"))])
+def test_a_model_giving_nan_maps_is_refused_not_turned_into_an_empty_mask(tiny_clip, mode,
+                                                                         view, method):
+    # NaN weights (a broken checkpoint; an overflow does it to one view). The maps' min-max
+    # normalisation used to make zeros of them, so the image came back all background.
+    broken = dataclasses.replace(tiny_clip, params=jax.tree.map(lambda x: x * np.nan,
+                                                                tiny_clip.params))
+    config = dataclasses.replace(CONFIG, refine_mode=mode, view=view,
+                                 relevance=jaxseg.RelevanceConfig(method=method))
+    with pytest.raises(ValueError, match=r"not finite \(\d+ NaN.*--dtype float32"):
+        jaxseg.segment(broken, two_region_image(), ["red thing", "blue thing"], config)
+    # The same settings with the model's own weights give a mask.
+    result = jaxseg.segment(tiny_clip, two_region_image(), ["red thing", "blue thing"], config)
+    assert np.isfinite(result.scores).all() and result.mask.shape == (40, 60)
 
 
 def test_batch_equals_single(tiny_clip):

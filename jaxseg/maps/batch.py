@@ -21,7 +21,7 @@ import numpy as np
 from jaxseg.clip.config import CLIPConfig
 from jaxseg.maps import tta as tta_lib
 from jaxseg.maps.config import RelevanceConfig
-from jaxseg.maps.methods import method_maps
+from jaxseg.maps.methods import finite_views, mark_broken, method_maps
 from jaxseg.maps.scoring import ScoreConfig, score_maps
 from jaxseg.maps.tta import TTAConfig
 
@@ -50,7 +50,8 @@ def tta_program(params: Params, canvases: jax.Array, content_hw: jax.Array,
 
     Returns:
       ``(scores [I, num_labels, C, C], background [I, C, C], features [I, gh, gw, P])``;
-      the features are those of the first variant (the whole image).
+      the features are those of the first variant (the whole image). An image with a
+      map that is not finite in any variant gets NaN outputs (``methods.mark_broken``).
     """
     images, num_variants = canvases.shape[0], tta_lib.num_variants(tta)
     boxes, flips = jax.vmap(lambda hw: tta_lib.variant_boxes(hw, tta))(content_hw)
@@ -62,6 +63,7 @@ def tta_program(params: Params, canvases: jax.Array, content_hw: jax.Array,
         params, pixels, repeat(queries), config=config, dtype=dtype, relevance=relevance,
         class_mask=repeat(owner > 0),
         background_embeds=background if relevance.needs_background else None)
+    finite = finite_views(maps, repeat(owner >= 0)).reshape(images, num_variants).all(axis=1)
     maps = maps.reshape((images, num_variants) + maps.shape[1:])
     normalise = scoring.rule == "minmax"
     canvas_maps = jax.vmap(lambda m, b, f, hw: tta_lib.warp_back(m, b, f, hw, tta, normalise))(
@@ -69,7 +71,7 @@ def tta_program(params: Params, canvases: jax.Array, content_hw: jax.Array,
     scores, background_plane = jax.vmap(
         lambda m, own: score_maps(m, own, num_labels, scoring))(canvas_maps, owner)
     features = features.reshape((images, num_variants) + features.shape[1:])[:, 0]
-    return scores, background_plane, features
+    return mark_broken(finite, scores, background_plane, features)
 
 
 def pack_queries(queries: Sequence[np.ndarray], owners: Sequence[np.ndarray],

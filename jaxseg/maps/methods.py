@@ -60,6 +60,27 @@ def normalise_maps(maps: jax.Array, grid_hw: Optional[jax.Array] = None) -> jax.
     return jnp.where(valid & (spread > 0), (maps - low) / jnp.where(spread > 0, spread, 1.0), 0.0)
 
 
+def finite_views(maps: jax.Array, class_mask: Optional[jax.Array] = None) -> jax.Array:
+    """bool ``[B]``: every real class's map of each ``[B, K, gh, gw]`` view is finite.
+
+    An elementwise test with a boolean reduction: XLA's min and max reductions may drop a
+    NaN (on CPU they do), so a NaN map min-max normalised comes out as an empty one, and
+    only a test made before any reduction tells a broken model from a blank image.
+    """
+    if class_mask is not None:
+        mask = jnp.broadcast_to(jnp.asarray(class_mask, bool), maps.shape[:2])
+        maps = jnp.where(mask[..., None, None], maps, 0.0)
+    return jnp.isfinite(maps).reshape(maps.shape[0], -1).all(axis=1)
+
+
+def mark_broken(finite: jax.Array, *outputs: jax.Array) -> tuple[jax.Array, ...]:
+    """Each ``[B, ...]`` output set to NaN for the images whose ``finite`` (bool ``[B]``)
+    is False, so that the host sees a broken image's outputs as broken (elementwise: the
+    scores' reductions may have turned its NaN into plausible zeros)."""
+    return tuple(jnp.where(finite.reshape((-1,) + (1,) * (out.ndim - 1)), out, jnp.nan)
+                 for out in outputs)
+
+
 def method_maps(params: Any, pixel_values: jax.Array, text_embeds: jax.Array, *,
                 config: CLIPConfig, dtype, relevance: RelevanceConfig,
                 class_mask: Optional[jax.Array] = None,
@@ -80,7 +101,10 @@ def method_maps(params: Any, pixel_values: jax.Array, text_embeds: jax.Array, *,
     Returns:
       ``(maps [B, K, gh, gw] float32, features [B, gh, gw, P] float32)``: one method's raw
       maps (Chefer's relevance, CLIP-ES's map in [0, 1), NACLIP's cosine), or an ensemble's
-      weighted mean of normalised maps; the first method's dense features.
+      weighted mean of normalised maps; the first method's dense features. A view where
+      a method's map of a real class is not finite (NaN weights, an overflow) gets NaN
+      maps, even in an ensemble, whose normalisation would hide it (see
+      :func:`finite_views`).
     """
     outputs = [single_method_maps(method, params, pixel_values, text_embeds, config=config,
                                   dtype=dtype, relevance=relevance, class_mask=class_mask,
@@ -90,4 +114,5 @@ def method_maps(params: Any, pixel_values: jax.Array, text_embeds: jax.Array, *,
         return outputs[0]
     combined = sum(weight * normalise_maps(maps, grid_hw)
                    for weight, (maps, _) in zip(relevance.ensemble_weights, outputs))
-    return combined, outputs[0][1]
+    finite = jnp.stack([finite_views(maps, class_mask) for maps, _ in outputs]).all(axis=0)
+    return jnp.where(finite[:, None, None, None], combined, jnp.nan), outputs[0][1]

@@ -26,7 +26,7 @@ from jaxseg.clip.config import CLIPConfig
 from jaxseg.clip.preprocess import normalize
 from jaxseg.clip.vision import bilinear_matrix, traced_bilinear_matrix
 from jaxseg.maps.config import RelevanceConfig
-from jaxseg.maps.methods import method_maps, normalise_maps
+from jaxseg.maps.methods import finite_views, mark_broken, method_maps, normalise_maps
 from jaxseg.maps.pamr import pamr
 from jaxseg.maps.scoring import ScoreConfig, score_maps
 
@@ -174,13 +174,15 @@ def native_program(params: Params, views: jax.Array, grid_hw: jax.Array, view_hw
 
     Returns:
       ``(scores [B, num_labels, Hc, Wc], background [B, Hc, Wc], features [B, gh, gw, P])``,
-      real in each image's top-left ``image_hw``.
+      real in each image's top-left ``image_hw``; NaN for an image whose maps are not
+      finite (``methods.mark_broken``).
     """
     pixels = normalize(views.astype(jnp.float32) / 255.0).astype(jnp.float32)
     maps, features = method_maps(params, pixels, queries, config=config, dtype=dtype,
                                  relevance=relevance, class_mask=owner > 0,
                                  background_embeds=background if relevance.needs_background
                                  else None, grid_hw=grid_hw)
+    finite = finite_views(maps, owner >= 0)
     if scoring.rule == "minmax":
         maps = normalise_maps(maps, grid_hw)
 
@@ -193,7 +195,7 @@ def native_program(params: Params, views: jax.Array, grid_hw: jax.Array, view_hw
         return score_maps(full, own, num_labels, scoring)
 
     scores, backgrounds = jax.vmap(one_image)(maps, pixels, grid_hw, view_hw, image_hw, owner)
-    return scores, backgrounds, features
+    return mark_broken(finite, scores, backgrounds, features)
 
 
 def unpack_native(outputs, images: Sequence[np.ndarray], num_labels: Sequence[int]):

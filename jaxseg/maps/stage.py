@@ -85,3 +85,16 @@ def unpack(pending: Pending, outputs) -> list[ImageMaps]:
     return [(scores, plane, features[:grid[0], :grid[1]]) for (scores, plane, features), grid
             in zip(native_lib.unpack_native(outputs, pending.images, pending.num_labels),
                    pending.content)]
+
+
+def require_finite(arrays: Sequence[Any]) -> None:
+    """Raises ValueError when an image's host-side outputs (its scores, background or
+    unaries; None skipped) are not finite: the device marks an image whose maps are not
+    finite with NaN outputs (``jaxseg.maps.methods.mark_broken``), which would otherwise
+    become an empty mask."""
+    bad = sum(int(np.size(a) - np.isfinite(a).sum()) for a in arrays if a is not None)
+    if bad:
+        raise ValueError(
+            f"the relevance maps of this image are not finite ({bad} NaN or infinite values "
+            "reached the refinement): the model's weights hold NaN or its compute dtype "
+            "overflowed; check the checkpoint, or load it in float32 (--dtype float32)")

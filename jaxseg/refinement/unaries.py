@@ -202,9 +202,13 @@ def batch_unaries(maps: jax.Array, content_hw: jax.Array, images: jax.Array, siz
 
     Returns:
       float16 ``[B, K + 1, H, W]`` probabilities (half precision: what the cut needs,
-      at half the transfer).
+      at half the transfer); NaN for an image whose real labels' maps are not finite,
+      which the host refuses (the stage's reductions would otherwise turn them into an
+      empty mask).
     """
     shape_hw = images.shape[1:3]
+    finite = jnp.isfinite(jnp.where(label_mask[..., None, None], maps, 0.0)).reshape(
+        maps.shape[0], -1).all(axis=1)
     scores = jax.vmap(lambda m, c, s: to_canvas(m, c, s, shape_hw))(maps, content_hw, size_hw)
     if features is None:
         unaries = jax.vmap(lambda i, s, m, k: image_unaries(i, s, m, k, None, None, config))(
@@ -212,7 +216,7 @@ def batch_unaries(maps: jax.Array, content_hw: jax.Array, images: jax.Array, siz
     else:
         unaries = jax.vmap(lambda *args: image_unaries(*args, config))(
             images, size_hw, scores, label_mask, features, feature_grid)
-    return unaries.astype(jnp.float16)
+    return jnp.where(finite[:, None, None, None], unaries, jnp.nan).astype(jnp.float16)
 
 
 # One compiled program per refinement config, canvas and batch shape, shared by every
