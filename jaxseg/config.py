@@ -110,6 +110,14 @@ class SegmentConfig:
         if self.refine_mode not in REFINE_MODES:
             raise ValueError(f"SegmentConfig.refine_mode must be one of {REFINE_MODES}, got "
                              f"{self.refine_mode!r}")
+        # The TTA program hands on the features of its first view, the whole image only
+        # when the scales hold 1.0; a crop's features would be stretched over the image.
+        view = self.view or method_defaults(self.relevance)["view"]
+        if (self.use_features and self.refine_mode == "graphcut" and view == "tta"
+                and 1.0 not in self.tta.scales):
+            raise ValueError(f"SegmentConfig: the refinement's classifier uses the CLIP features "
+                             f"of the whole image, which TTA scales {self.tta.scales} do not view; "
+                             f"add 1.0 to TTAConfig.scales or set use_features=False")
 
     def resolved(self) -> "SegmentConfig":
         """This config with every None replaced by the method's default."""

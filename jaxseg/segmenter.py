@@ -99,7 +99,7 @@ def refine_mask(image: np.ndarray, output: DeviceOutput,
     stage.require_finite([output.unaries] if config.refine_mode == "graphcut"
                          else [output.scores, output.background])
     if config.refine_mode == "graphcut":
-        mask = (np.zeros(image.shape[:2], np.int32) if output.unaries is None  # no labels
+        mask = (np.zeros(image.shape[:2], np.int32) if not output.labels
                 else cut_unaries(image, output.unaries, config.refine))
     elif config.refine_mode == "crf":
         mask = dense_crf(image, output.scores, output.background, config.crf)

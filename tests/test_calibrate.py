@@ -73,15 +73,15 @@ def test_coverage_cut_interpolates_the_share_curve():
 def test_calibrate_levels_takes_the_median_levels_and_the_samples_coverage_cut():
     edges = np.arange(SHARE_BINS) / SHARE_BINS
     readings = [_reading([0.3, 0.1, 0.6], 1.0 - edges),
-                _reading([0.5, 0.0, 0.9], np.where(edges < 0.6, 1.0, 0.0)),
-                _reading([0.4, 0.3, 0.7], np.where(edges < 0.2, 1.0, 0.0))]
+                _reading([0.5, 0.0, 0.9], np.where(edges < 0.6, 1.0, 0.1)),
+                _reading([0.4, 0.3, 0.7], np.where(edges < 0.2, 1.0, 0.05))]
     base = RefineConfig(pairwise_weight=7.0)
     config = calibrate_levels(readings, base, coverage=0.5)
     assert config.threshold_rule == "dataset"
     assert config.levels == pytest.approx((0.4, 0.1, 0.7))
     assert all(type(level) is float for level in config.levels)
-    # The mean share above x is (2 - x) / 3 for 0.2 <= x < 0.6: half the pixels at x = 0.5.
-    assert config.background_score == pytest.approx(0.5 - 0.4)
+    # The mean share above x is (2.05 - x) / 3 for 0.2 <= x < 0.6: half the pixels at 0.55.
+    assert config.background_score == pytest.approx(0.55 - 0.4)
     assert type(config.background_score) is float
     share = np.mean([reading.share_above for reading in readings], axis=0)
     assert calibrate_levels(readings, base).background_score == pytest.approx(
@@ -102,6 +102,21 @@ def test_calibrate_levels_takes_the_median_levels_and_the_samples_coverage_cut()
     for coverage in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match="calibrate_levels: coverage"):
             calibrate_levels(readings, coverage=coverage)
+
+
+def test_flat_maps_and_images_without_maps_carry_no_level():
+    image, scores, _ = _scene(0)
+    # Flat maps: Otsu finds no split; the reading holds placeholder levels and a share curve
+    # of all or nothing, which would pull the median levels and the cut towards nothing.
+    flat = read_calibration(image, np.full_like(scores, 0.3))
+    assert np.all((flat.share_above == 0.0) | (flat.share_above == 1.0))
+    readings = [read_calibration(*_scene(seed)[:2]) for seed in range(3)]
+    calibrated = calibrate_levels(readings)
+    assert calibrate_levels(readings + [flat, flat, flat]) == calibrated
+    with pytest.raises(ValueError, match="calibrate_levels: all 2 readings are of flat maps"):
+        calibrate_levels([flat, flat])
+    with pytest.raises(ValueError, match=r"read_calibration: scores hold no map \(K = 0\)"):
+        read_calibration(image, scores[:0])
 
 
 def test_calibrated_prior_covers_the_given_share_where_own_levels_take_the_context():

@@ -149,6 +149,20 @@ def test_otsu_rule_places_seeds_at_each_images_own_levels():
         RefineConfig(threshold_rule="mean")
 
 
+def test_dataset_rule_needs_calibrated_levels_and_keeps_them_hashable():
+    # The default levels (0, 0, 1) put the background cut at 0: every pixel would be seeded
+    # and cut as foreground.
+    with pytest.raises(ValueError, match="calibrated levels"):
+        RefineConfig(threshold_rule="dataset")
+    with pytest.raises(ValueError, match="calibrated levels"):
+        RefineConfig(threshold_rule="dataset", levels=(0.2, 0.5, 0.9))
+    with pytest.raises(ValueError, match="levels must be"):
+        RefineConfig(levels=(0.4, 0.1))
+    config = RefineConfig(threshold_rule="dataset", levels=np.array([0.4, 0.1, 0.7]))
+    assert config.levels == (0.4, 0.1, 0.7) and all(type(level) is float for level in config.levels)
+    assert hash(config) == hash(RefineConfig(threshold_rule="dataset", levels=(0.4, 0.1, 0.7)))
+
+
 @pytest.mark.parametrize("rule", ["fixed", "otsu", "dataset"])
 def test_score_probabilities_argmax_is_thresholded_argmax(rule):
     scores = np.random.default_rng(0).random((3, 9, 9)).astype(np.float32)
@@ -354,6 +368,12 @@ def test_no_labels_gives_all_background():
      "scores hold 8 NaN or infinite"),
     (np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8), np.float32), np.full((2, 2, 4), np.nan),
      "features hold 16"),
+    # Finite in float64, infinite in the stage's float32: would come back all background.
+    (np.zeros((8, 8, 3), np.uint8), np.full((1, 8, 8), 1e39), None, "scores hold 64 NaN"),
+    (np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8), np.float32), np.zeros((0, 14, 8)),
+     "features must be non-empty"),
+    (np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8), np.float32), np.zeros((14, 14, 0)),
+     "features must be non-empty"),
 ])
 def test_bad_inputs_raise_value_error_naming_them(image, scores, features, name):
     with pytest.raises(ValueError, match=name):

@@ -39,8 +39,16 @@ def test_image_kinds_are_converted():
     sixteen = np.full((5, 6, 3), 65535, np.uint16)
     assert (as_rgb_uint8(sixteen) == 255).all()
     assert (as_rgb_uint8(np.ones((5, 6, 3))) == 255).all()
+    assert (as_rgb_uint8(np.full((5, 6, 3), 1.005)) == 255).all()  # resampling overshoot
     with pytest.raises(ValueError, match="non-empty"):
         as_rgb_uint8(np.zeros((0, 6, 3), np.uint8))
+    # A 0-255 float image (np.asarray(pil_image, np.float32)) used to be clipped to black
+    # and white; normalised or NaN pixels likewise.
+    for bad, found in ((np.full((5, 6, 3), 128.0), r"\[128, 128\]"),
+                       (np.full((5, 6, 3), -0.5), r"\[-0.5, -0.5\]"),
+                       (np.full((5, 6, 3), np.nan, np.float32), "NaN or inf")):
+        with pytest.raises(ValueError, match=f"float image must hold values in \\[0, 1\\], got {found}"):
+            as_rgb_uint8(bad)
 
 
 def test_segment_outputs_and_determinism(tiny_clip):
@@ -76,6 +84,23 @@ def test_a_model_giving_nan_maps_is_refused_not_turned_into_an_empty_mask(tiny_c
     # The same settings with the model's own weights give a mask.
     result = jaxseg.segment(tiny_clip, two_region_image(), ["red thing", "blue thing"], config)
     assert np.isfinite(result.scores).all() and result.mask.shape == (40, 60)
+
+
+def test_an_output_without_unaries_is_refused_in_graphcut_mode(tiny_clip):
+    # Maps computed alone (for calibration) used to be cut as an all-background mask.
+    segmenter = jaxseg.Segmenter(tiny_clip, CONFIG)
+    [maps] = segmenter.relevance_stage([two_region_image()], [["red thing"]], unaries=False)
+    with pytest.raises(ValueError, match="cut_unaries: no unaries to cut"):
+        segmenter.refine_stage(two_region_image(), maps)
+
+
+def test_tta_views_without_the_whole_image_cannot_feed_features_to_the_refinement():
+    # The TTA program's features are its first view's: a crop when 1.0 is not a scale.
+    crops = jaxseg.TTAConfig(scales=(0.6,), flip=False)
+    with pytest.raises(ValueError, match="add 1.0 to TTAConfig.scales or set use_features=False"):
+        jaxseg.SegmentConfig(tta=crops)
+    for allowed in (dict(use_features=False), dict(refine_mode="crf"), dict(view="native")):
+        jaxseg.SegmentConfig(tta=crops, **allowed)
 
 
 def test_batch_equals_single(tiny_clip):

@@ -50,7 +50,8 @@ def tta_program(params: Params, canvases: jax.Array, content_hw: jax.Array,
 
     Returns:
       ``(scores [I, num_labels, C, C], background [I, C, C], features [I, gh, gw, P])``;
-      the features are those of the first variant (the whole image). An image with a
+      the features are those of the first variant: the whole image when ``tta.scales``
+      holds 1.0 (``SegmentConfig`` asks for it when the refinement uses them). An image with a
       map that is not finite in any variant gets NaN outputs (``methods.mark_broken``).
     """
     images, num_variants = canvases.shape[0], tta_lib.num_variants(tta)

@@ -123,3 +123,14 @@ class RefineConfig:
         if self.threshold_rule not in ("otsu", "dataset", "fixed"):
             raise ValueError(f"RefineConfig.threshold_rule must be 'otsu', 'dataset' or 'fixed', "
                              f"got {self.threshold_rule!r}")
+        if len(self.levels) != 3:
+            raise ValueError(f"RefineConfig.levels must be (theta, mu_bg, mu_fg), got {self.levels!r}")
+        # A tuple of floats, so that a list or array given here keeps the config hashable.
+        object.__setattr__(self, "levels", tuple(float(level) for level in self.levels))
+        theta, low, high = self.levels
+        # The default levels would put the background cut at 0, so every pixel would be
+        # foreground: the "dataset" rule needs levels read off real maps.
+        if self.threshold_rule == "dataset" and not low < theta < high:
+            raise ValueError(f"RefineConfig(threshold_rule='dataset') needs calibrated levels "
+                             f"with mu_bg < theta < mu_fg, got {self.levels}; build the config "
+                             f"with jaxseg.refinement.calibrate.calibrate_levels")

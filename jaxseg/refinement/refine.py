@@ -63,16 +63,22 @@ def validate_inputs(image: np.ndarray, scores: np.ndarray, features: np.ndarray 
                          f"of the image, got {scores.shape}")
     if not np.issubdtype(scores.dtype, np.floating):
         raise ValueError(f"{caller}: scores must be a float array in [0, 1], got dtype {scores.dtype}")
-    if features is not None and (features.ndim != 3 or not np.issubdtype(features.dtype, np.floating)):
-        raise ValueError(f"{caller}: features must be float [h, w, C] or None, got "
+    if features is not None and (features.ndim != 3 or not np.issubdtype(features.dtype, np.floating)
+                                 or features.size == 0):
+        raise ValueError(f"{caller}: features must be non-empty float [h, w, C] or None, got "
                          f"{features.dtype} {features.shape}")
     # A NaN or infinite map would otherwise be rescaled to nothing and come back as all
     # background, hiding the fault upstream (e.g. a float16 relevance that overflowed).
+    # Checked in float32, the stage's precision: a float64 value beyond its range is inf.
     for name, array in (("scores", scores), ("features", features)):
-        if array is not None and not np.isfinite(array).all():
-            raise ValueError(f"{caller}: {name} hold {array.size - np.isfinite(array).sum()} NaN or "
-                             f"infinite values; pass finite {name} (compute them in float32 if "
-                             f"float16 overflowed)")
+        if array is None:
+            continue
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(array.astype(np.float32, copy=False))
+        if not finite.all():
+            raise ValueError(f"{caller}: {name} hold {array.size - finite.sum()} NaN or infinite "
+                             f"values (in float32); pass finite {name} (compute them in float32 "
+                             f"if float16 overflowed)")
 
 
 def _upsample_labels(labels: np.ndarray, small_image: np.ndarray, image: np.ndarray,
@@ -185,7 +191,14 @@ def cut_unaries(image: np.ndarray, unaries: np.ndarray, config: RefineConfig = R
 
     Returns:
       int32 ``[H, W]``: 0 background, k the k-th label (1-based).
+
+    Raises:
+      ValueError: when ``unaries`` is None (an empty mask would hide the mistake).
     """
+    if unaries is None:
+        raise ValueError("cut_unaries: no unaries to cut; a device output made with "
+                         "unaries=False or in another refine mode has none, so compute it "
+                         "with a Segmenter in graphcut mode")
     height, width = image.shape[:2]
     small_hw = unaries.shape[1:]
     unaries = np.asarray(unaries, np.float32)

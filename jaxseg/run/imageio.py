@@ -8,7 +8,7 @@ RGB in the orientation a viewer displays (EXIF orientation applied):
   composited over white, as image viewers show transparency on a light page;
 - 16-bit (``I;16``, ``I;16B``, ``I`` with values up to 65535) is scaled by the
   16-bit range, ``v * 255 / 65535`` rounded, not by the image's own maximum, so
-  a dark 16-bit image stays dark; 32-bit float (``F``) is read as [0, 1];
+  a dark 16-bit image stays dark; 32-bit float (``F``) is read as [0, 1] (clipped);
 - multi-frame files (GIF, TIFF) use their first frame.
 
 Every reading problem raises :class:`ImageReadError`, whose message is one line
@@ -78,8 +78,8 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode.startswith("I;16") or mode == "I":
         return as_rgb_uint8(np.clip(np.asarray(image), 0, 65535).astype(np.uint16))
-    if mode == "F":
-        return as_rgb_uint8(np.asarray(image, np.float32))
+    if mode == "F":  # a file's own range: clipped, as documented (arrays out of it are refused)
+        return as_rgb_uint8(np.clip(np.nan_to_num(np.asarray(image, np.float32)), 0.0, 1.0))
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     elif mode in ("LA", "PA", "La", "RGBa"):
