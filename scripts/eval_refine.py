@@ -32,18 +32,20 @@ the other recipes, and its result on the held-out one. Column (c) is the first c
 ``--family held-out`` runs the same measures on ``heldout_recipes.HELD_OUT`` instead:
 recipes written after the stage's defaults were frozen, by someone who had not read the
 stage, and never used to choose anything (an unseen-recipe check of the kind an
-independent reviewer runs).
+independent reviewer runs). ``--family blind`` does the same on ``blind_recipes.BLIND``,
+three more recipes written blind to the stage and to the project's recipes, from the
+independent check's one-line descriptions of its own.
 
 ``--constants B T`` also prints (a) at background score B and (d) at power T (values of
 their grids), e.g. the main family's best single constants when measuring the held-out
 family, whose own best single constants the script prints anyway.
 
-Maps and baseline confusions are cached per image under ``--cache`` (``--cache``/held-out
-for the held-out family; the CRF runs 12 times per image and recipe: on two cores the
+Maps and baseline confusions are cached per image under ``--cache`` (``--cache``/<family>
+for the other families; the CRF runs 12 times per image and recipe: on two cores the
 first run took 69 min for the main family and 19 min for the held-out one).
 
 Usage: python scripts/eval_refine.py [--data ../shared/data/coco-dev] [--limit N]
-       [--candidates FILE] [--workers 2] [--cache DIR] [--family main|held-out]
+       [--candidates FILE] [--workers 2] [--cache DIR] [--family main|held-out|blind]
        [--constants B T]
 """
 
@@ -64,6 +66,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import blind_recipes  # noqa: E402
 import heldout_recipes  # noqa: E402
 import refine_recipes as recipes  # noqa: E402
 from jaxseg.imaging import resize_image  # noqa: E402
@@ -76,7 +79,8 @@ from jaxseg.run.pool import exit_with_parent  # noqa: E402
 
 TIMING_IMAGE = "000000000049"
 VOC_IDS = 21  # background and the 20 VOC classes
-FAMILIES = {"main": recipes.RECIPES, "held-out": heldout_recipes.HELD_OUT}
+FAMILIES = {"main": recipes.RECIPES, "held-out": heldout_recipes.HELD_OUT,
+            "blind": blind_recipes.BLIND}
 
 
 def config_of(overrides: dict) -> RefineConfig:
@@ -165,7 +169,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(".cache/eval_refine"),
                         help="maps and baseline confusions per image")
     parser.add_argument("--family", choices=sorted(FAMILIES), default="main",
-                        help="the recipe family: the six of refine_recipes, or the held-out ones")
+                        help="the recipe family: the six of refine_recipes, the held-out ones "
+                             "or the blind ones")
     parser.add_argument("--constants", type=float, nargs=2, metavar=("B", "T"),
                         help="also print (a) at background score B and (d) at power T")
     args = parser.parse_args()

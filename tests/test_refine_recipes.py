@@ -1,5 +1,5 @@
-"""The coarse-map recipes of scripts/refine_recipes.py and scripts/heldout_recipes.py keep
-their documented contract."""
+"""The coarse-map recipes of scripts/refine_recipes.py, heldout_recipes.py and
+blind_recipes.py keep their documented contract."""
 
 import os
 import sys
@@ -9,10 +9,11 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
+import blind_recipes  # noqa: E402
 import heldout_recipes  # noqa: E402
 import refine_recipes  # noqa: E402
 
-ALL_RECIPES = {**refine_recipes.RECIPES, **heldout_recipes.HELD_OUT}
+ALL_RECIPES = {**refine_recipes.RECIPES, **heldout_recipes.HELD_OUT, **blind_recipes.BLIND}
 
 
 def _scene():
