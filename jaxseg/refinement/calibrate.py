@@ -143,10 +143,11 @@ def calibrate_levels(readings: Iterable[CalibrationReading],
     the cut above which the sample's best maps cover ``coverage`` of an image's pixels on
     average. Readings of flat maps (one value over the whole image: Otsu finds no split,
     and the reading holds placeholder levels and an all-or-nothing share curve) are left
-    out, as they would pull both towards nothing the maps say. On the recipes of coco-dev, the standard deviation over random samples of
-    32 images was 0.006-0.025 of the rescaled range for the median levels (about a fifth
-    of one image's) and 0.018-0.043 for the cut, whose share varies with the objects'
-    sizes: calibrate on 50 images or more.
+    out, as they would pull both towards nothing the maps say. On the recipes of coco-dev,
+    the standard deviation over random samples of 32 images was 0.006-0.025 of the
+    rescaled range for the median levels (about a fifth of one image's) and 0.018-0.043
+    for the cut, whose share varies with the objects' sizes: calibrate on 50 images or
+    more.
 
     Args:
       readings: :func:`read_calibration` of a sample of the images to refine.
