@@ -28,9 +28,10 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
         image = np.round(image * (255.0 / 65535.0)).astype(np.uint8)
     elif np.issubdtype(image.dtype, np.floating):
         # Clipping a 0-255 (or normalised) float image would turn it into a black-and-white one.
-        finite = np.isfinite(image).all()
-        if not finite or image.min() < -0.01 or image.max() > 1.01:
-            found = f"[{image.min():.3g}, {image.max():.3g}]" if finite else "NaN or inf"
+        low, high = float(image.min()), float(image.max())  # NaN propagates to both
+        finite = np.isfinite(low) and np.isfinite(high)
+        if not finite or low < -0.01 or high > 1.01:
+            found = f"[{low:.3g}, {high:.3g}]" if finite else "NaN or inf"
             raise ValueError(f"a float image must hold values in [0, 1], got {found}; divide "
                              f"0-255 values by 255 or pass uint8")
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -63,7 +63,6 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -77,23 +76,11 @@ def _grid(height: int, width: int, rows: int, cols: int) -> tuple[int, int]:
     return max(1, min(rows, height // CELL)), max(1, min(cols, width // CELL))
 
 
-def _down(array: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
-    """Per-cell averages of a float ``[H, W]`` array (PIL box filter)."""
-    image = Image.fromarray(np.asarray(array, np.float32), mode="F")
-    return np.asarray(image.resize(grid_hw[::-1], Image.BOX), np.float32)
-
-
-def _up(grid: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear, pixel-centre aligned upsampling of a grid to ``size_hw``."""
-    image = Image.fromarray(np.asarray(grid, np.float32), mode="F")
-    return np.asarray(image.resize(size_hw[::-1], Image.BILINEAR), np.float32)
-
-
 def _texture(image: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
     """Per-cell mean gradient magnitude of the grey image, rescaled to [0, 1]."""
     grey = image.astype(np.float32).mean(axis=2)
     magnitude = np.hypot(ndimage.sobel(grey, 0), ndimage.sobel(grey, 1))
-    cells = _down(magnitude, grid_hw)
+    cells = recipes._area(magnitude, grid_hw)
     return cells / max(float(cells.max()), 1e-6)
 
 
@@ -142,7 +129,7 @@ def grad_relevance_224(mask_stack: np.ndarray, image: np.ndarray, rng: np.random
     """
     height, width = image.shape[:2]
     grid_hw = _grid(height, width, 14, 14)
-    cover = np.stack([_down(mask, grid_hw) for mask in mask_stack])
+    cover = np.stack([recipes._area(mask, grid_hw) for mask in mask_stack])
     texture = _texture(image, grid_hw)
     kernel = np.array([[0, smooth, 0], [smooth, 4, smooth], [0, smooth, 0]], np.float32)
     maps = []
@@ -154,7 +141,7 @@ def grad_relevance_224(mask_stack: np.ndarray, image: np.ndarray, rng: np.random
         peak = max(float(relevance.max()), 1e-6)
         relevance = relevance + peak * _spikes(grid_hw, rng, artefacts, 0.2, 0.6)
         relevance = ndimage.convolve(relevance, kernel / kernel.sum(), mode="nearest")
-        maps.append(_up(relevance, (height, width)))
+        maps.append(recipes._upsample(relevance, (height, width)))
     return _unit(np.stack(maps))
 
 
@@ -186,7 +173,7 @@ def cam_grid16(mask_stack: np.ndarray, image: np.ndarray, rng: np.random.Generat
     rows, cols = np.mgrid[:grid_hw[0], :grid_hw[1]]
     maps = []
     for mask in mask_stack:
-        cover = _down(mask, grid_hw)
+        cover = recipes._area(mask, grid_hw)
         depth = ndimage.distance_transform_edt(np.pad(cover > 0.3, 1))[1:-1, 1:-1] * cover
         depth = depth / max(float(depth.max()), 1e-6)
         weights = (depth ** 2).ravel()
@@ -199,7 +186,7 @@ def cam_grid16(mask_stack: np.ndarray, image: np.ndarray, rng: np.random.Generat
         cam = cam + context * ndimage.gaussian_filter(cover, 3 * blur, mode="nearest")
         field = ndimage.gaussian_filter(rng.standard_normal(grid_hw), 2.0, mode="wrap")
         cam = cam + noise * field / max(float(np.abs(field).max()), 1e-6) * cam.max()
-        maps.append(_up(cam, (height, width)))
+        maps.append(recipes._upsample(cam, (height, width)))
     return _unit(np.stack(maps))
 
 
@@ -241,7 +228,7 @@ def tta_sparse_vit(mask_stack: np.ndarray, image: np.ndarray, rng: np.random.Gen
     for top, left, crop_h, crop_w, flip in views:
         grid_hw = _grid(crop_h, crop_w, 14, 14)
         count[top:top + crop_h, left:left + crop_w] += 1
-        views_cover = [_down(view[:, ::-1] if flip else view, grid_hw)
+        views_cover = [recipes._area(view[:, ::-1] if flip else view, grid_hw)
                        for view in mask_stack[:, top:top + crop_h, left:left + crop_w]]
         for k, cover in enumerate(views_cover):
             relevance = (cover + spill * (sum(views_cover) - cover)) * np.exp(
@@ -251,7 +238,7 @@ def tta_sparse_vit(mask_stack: np.ndarray, image: np.ndarray, rng: np.random.Gen
                 relevance = np.where(relevance >= cut, relevance, 0)
                 relevance = relevance / relevance.max()
             relevance = relevance + _spikes(grid_hw, rng, artefacts, 0.2, 0.6)
-            warped = _up(relevance, (crop_h, crop_w))
+            warped = recipes._upsample(relevance, (crop_h, crop_w))
             total[k, top:top + crop_h, left:left + crop_w] += warped[:, ::-1] if flip else warped
     return _unit(total / count)
 

@@ -169,13 +169,14 @@ def calibrate_levels(readings: Iterable[CalibrationReading],
     if levels.ndim != 2 or levels.shape[0] == 0 or levels.shape[1] != 3:
         raise ValueError(f"calibrate_levels: readings must be a non-empty list of "
                          f"read_calibration results, got levels of shape {levels.shape}")
-    readings = [reading for reading in readings
-                if not np.all((reading.share_above == 0.0) | (reading.share_above == 1.0))]
-    if not readings:
+    flat = np.array([np.all((reading.share_above == 0.0) | (reading.share_above == 1.0))
+                     for reading in readings])
+    if flat.all():
         raise ValueError(f"calibrate_levels: all {len(levels)} readings are of flat maps (one "
                          f"value over the whole image), which hold no level; calibrate on "
                          f"images whose maps vary")
-    levels = np.asarray([reading.levels for reading in readings], np.float64)
+    readings = [reading for reading, is_flat in zip(readings, flat) if not is_flat]
+    levels = levels[~flat]
     theta, low, high = (float(value) for value in np.median(levels, axis=0))
     if background_score is None:
         share_above = np.mean([reading.share_above for reading in readings], axis=0)
