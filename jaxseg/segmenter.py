@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxseg.config import SegmentConfig
-from jaxseg.imaging import as_rgb_uint8, resize_image
+from jaxseg.imaging import as_rgb_uint8
 from jaxseg.labels import autolabel
 from jaxseg.labels.presets import label_queries
 from jaxseg.labels.prompts import class_embeddings, prepare_labels
@@ -38,7 +38,7 @@ from jaxseg.maps.scoring import label_map
 from jaxseg.maps import stage
 from jaxseg.refinement.config import RefineConfig
 from jaxseg.refinement.crf import dense_crf
-from jaxseg.refinement.refine import cut_unaries, refinement_size
+from jaxseg.refinement.refine import cut_unaries, lay_batch
 from jaxseg.refinement.unaries import batch_unaries_program
 
 Labels = Union[Sequence[str], str]
@@ -75,6 +75,7 @@ class DeviceOutput:
       background: float32 ``[H, W]`` the method's background score (``jaxseg.maps.scoring``).
       unaries: float16 ``[K + 1, h, w]`` the graph cut's probabilities at refinement size
         (``jaxseg.refinement.unaries``; refine mode ``"graphcut"`` only).
+      made_with: the refinement settings the unaries were computed with.
       label_scores: for automatic labels, each chosen label's score.
       timings: seconds per stage so far.
     """
@@ -83,6 +84,7 @@ class DeviceOutput:
     scores: Optional[np.ndarray] = None
     background: Optional[np.ndarray] = None
     unaries: Optional[np.ndarray] = None
+    made_with: Optional[RefineConfig] = None
     label_scores: Optional[list[float]] = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -99,6 +101,9 @@ def refine_mask(image: np.ndarray, output: DeviceOutput,
     stage.require_finite([output.unaries] if config.refine_mode == "graphcut"
                          else [output.scores, output.background])
     if config.refine_mode == "graphcut":
+        if output.unaries is not None and output.made_with != config.refine:
+            raise ValueError("the output's unaries were made with other refinement settings "
+                             "(before Segmenter.with_refine?); make it with the refining one")
         mask = (np.zeros(image.shape[:2], np.int32) if not output.labels
                 else cut_unaries(image, output.unaries, config.refine))
     elif config.refine_mode == "crf":
@@ -120,6 +125,7 @@ class PendingBatch:
     keep_maps: bool = True  # fetch the full score maps (not only the unaries)
     unaries: Optional[jax.Array] = None  # [B, K + 1, S, S] on the device (graphcut mode)
     refine_hw: Sequence[tuple[int, int]] = ()  # each labelled image's refinement size
+    made_with: Optional[RefineConfig] = None  # the refinement settings of the unaries
 
 
 class Segmenter:
@@ -241,27 +247,20 @@ class Segmenter:
                           ) -> tuple[jax.Array, list[tuple[int, int]]]:
         """Starts the graph cut's unaries of a dispatched batch on its device, from the maps
         still there (``jaxseg.refinement.unaries.batch_unaries``)."""
-        side = self.config.refine.max_size
         scores, _, features = pending.outputs
-        refine_hw = [refinement_size(*image.shape[:2], self.config.refine) for image in images]
-        small = np.zeros((batch_size, side, side, 3), np.uint8)
-        size_hw = np.ones((batch_size, 2), np.int32)
-        content_hw = np.ones((batch_size, 2), np.int32)
-        grid = np.ones((batch_size, 2), np.int32)
-        for i, (image, hw) in enumerate(zip(images, refine_hw)):
-            small[i, :hw[0], :hw[1]] = resize_image(image, hw)
-            size_hw[i] = hw
+        small, size_hw = lay_batch(images, batch_size, self.config.refine)
+        content_hw, grid = np.ones((2, batch_size, 2), np.int32)
+        for i, image in enumerate(images):
             # TTA maps hold the image at its content size on the canvas, native ones at its own.
             content_hw[i] = pending.content[i] if pending.view == "tta" else image.shape[:2]
             grid[i] = features.shape[1:3] if pending.view == "tta" else pending.content[i]
         label_mask = np.arange(scores.shape[1])[None] < np.asarray(
             list(num_labels) + [0] * (batch_size - len(num_labels)))[:, None]
-        inputs = jax.device_put((content_hw, small, size_hw, label_mask, grid), device)
-        unaries = batch_unaries_program(
-            scores, inputs[0], inputs[1], inputs[2], inputs[3],
-            features if self.config.use_features else None,
-            inputs[4] if self.config.use_features else None, config=self.config.refine)
-        return unaries, refine_hw
+        *inputs, grid = jax.device_put((content_hw, small, size_hw, label_mask, grid), device)
+        use_features = self.config.use_features
+        unaries = batch_unaries_program(scores, *inputs, features if use_features else None,
+                                        grid if use_features else None, config=self.config.refine)
+        return unaries, [(int(h), int(w)) for h, w in size_hw[:len(images)]]
 
     def dispatch(self, images: Sequence[np.ndarray], labels: Sequence[Labels],
                  batch_size: Optional[int] = None, device_index: int = 0,
@@ -296,6 +295,7 @@ class Segmenter:
             if unaries and self.config.refine_mode == "graphcut":
                 batch.unaries, batch.refine_hw = self._dispatch_unaries(
                     batch.pending, labelled, [len(outputs[i].labels) for i in todo], size, device)
+                batch.made_with = self.config.refine
         return batch
 
     def collect(self, batch: PendingBatch) -> list[DeviceOutput]:
@@ -309,9 +309,9 @@ class Segmenter:
                     batch.outputs[i].scores, batch.outputs[i].background = scores, background
             if unaries is not None:
                 for row, (i, (height, width)) in enumerate(zip(batch.todo, batch.refine_hw)):
-                    count = len(batch.outputs[i].labels) + 1
-                    batch.outputs[i].unaries = np.ascontiguousarray(
-                        unaries[row, :count, :height, :width])
+                    output, count = batch.outputs[i], len(batch.outputs[i].labels) + 1
+                    output.unaries = np.ascontiguousarray(unaries[row, :count, :height, :width])
+                    output.made_with = batch.made_with
         share = (time.perf_counter() - batch.started) / len(batch.outputs)
         for shape, output in zip(batch.shapes, batch.outputs):
             if output.scores is None and not output.labels:  # no labels: all background

@@ -149,6 +149,16 @@ def test_otsu_rule_places_seeds_at_each_images_own_levels():
         RefineConfig(threshold_rule="mean")
 
 
+@pytest.mark.parametrize("field, value", [("max_size", 1), ("max_size", 15), ("max_cycles", 0),
+                                          ("pairwise_weight", -1.0), ("score_temperature", 0.0),
+                                          ("upsample_colour", float("nan"))])
+def test_settings_outside_their_range_are_refused(field, value):
+    # max_size 1 crashed the batched unaries program with a broadcasting error.
+    with pytest.raises(ValueError, match=f"RefineConfig.{field} must be"):
+        RefineConfig(**{field: value})
+    RefineConfig(max_size=16, pairwise_weight=0.0, local_radius=0.0, move_margin=0.0)
+
+
 def test_dataset_rule_needs_calibrated_levels_and_keeps_them_hashable():
     # The default levels (0, 0, 1) put the background cut at 0: every pixel would be seeded
     # and cut as foreground.

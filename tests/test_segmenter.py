@@ -148,6 +148,10 @@ def test_maps_alone_and_a_segmenter_with_other_refinement_settings(tiny_clip):
     red = np.s_[0, :, :30]
     assert other.unaries[red].astype(np.float32).mean() > 10 * full.unaries[red].astype(
         np.float32).mean()
+    # An output made under the old settings is not cut under the new ones.
+    with pytest.raises(ValueError, match="made with other refinement settings"):
+        fixed.refine_stage(image, full)
+    assert fixed.refine_stage(image, other).mask.shape == image.shape[:2]
 
 
 def test_cli_mask_and_labels_equal_the_segmenters_and_segment_gives_the_same_mask(

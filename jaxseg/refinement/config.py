@@ -8,6 +8,16 @@ import dataclasses
 from jaxseg.refinement.classifier import ClassifierConfig
 
 
+# (field, lower bound, whether the bound itself is refused): values below these crash the
+# stage or mean nothing. A refinement image under 16 pixels a side leaves the graph cut
+# next to nothing to work on (max_size 1 crashed the batched program).
+_BOUNDS = (("max_size", 16, False), ("max_cycles", 1, False), ("pairwise_weight", 0, False),
+           ("prior_weight", 0, False), ("smooth_spatial", 0, False), ("local_radius", 0, False),
+           ("local_sigma", 0, False), ("move_margin", 0, False), ("score_temperature", 0, True),
+           ("colour_bandwidth", 0, True), ("smooth_colour", 0, True),
+           ("local_colour_range", 0, True), ("upsample_colour", 0, True))
+
+
 @dataclasses.dataclass(frozen=True)
 class RefineConfig:
     """Settings of the refinement stage (one config for all images; hashable, jit-static).
@@ -123,6 +133,11 @@ class RefineConfig:
         if self.threshold_rule not in ("otsu", "dataset", "fixed"):
             raise ValueError(f"RefineConfig.threshold_rule must be 'otsu', 'dataset' or 'fixed', "
                              f"got {self.threshold_rule!r}")
+        for name, low, strict in _BOUNDS:
+            value = getattr(self, name)
+            if not (value > low if strict else value >= low):  # NaN fails both
+                raise ValueError(f"RefineConfig.{name} must be {'>' if strict else '>='} {low}, "
+                                 f"got {value!r}")
         if len(self.levels) != 3:
             raise ValueError(f"RefineConfig.levels must be (theta, mu_bg, mu_fg), got {self.levels!r}")
         # A tuple of floats, so that a list or array given here keeps the config hashable.

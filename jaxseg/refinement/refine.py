@@ -15,7 +15,7 @@ features.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -174,6 +174,28 @@ def lay_on_canvas(image: np.ndarray, scores: np.ndarray, config: RefineConfig) -
     maps[:num_labels, :small_hw[0], :small_hw[1]] = resize_maps(scores, small_hw)
     return Canvas(canvas, maps, np.array(small_hw, np.int32),
                   np.arange(padded_labels) < num_labels)
+
+
+def lay_batch(images: Sequence[np.ndarray], batch_size: int,
+              config: RefineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Images resized to the refinement size on ``max_size`` square canvases, the input of
+    :func:`jaxseg.refinement.unaries.batch_unaries`.
+
+    Args:
+      images: uint8 ``[H, W, 3]`` RGB images, at most ``batch_size``.
+      batch_size: the batch's size (the rest is padding).
+      config: ``max_size``.
+
+    Returns:
+      uint8 ``[batch_size, S, S, 3]`` canvases (S = ``max_size``), each image at the top
+      left, and int32 ``[batch_size, 2]`` the refinement sizes (1 x 1 for padding).
+    """
+    canvases = np.zeros((batch_size, config.max_size, config.max_size, 3), np.uint8)
+    size_hw = np.ones((batch_size, 2), np.int32)
+    for i, image in enumerate(images):
+        size_hw[i] = height, width = refinement_size(*image.shape[:2], config)
+        canvases[i, :height, :width] = resize_image(image, (height, width))
+    return canvases, size_hw
 
 
 def cut_unaries(image: np.ndarray, unaries: np.ndarray, config: RefineConfig = RefineConfig()
