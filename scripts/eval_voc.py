@@ -6,9 +6,13 @@ With internet, every row of the README's table (openai/clip-vit-base-patch16):
 
 Rows (``--rows``; default all), each against the published figure where there is one:
   chefer, chefer-auto          jaxseg's default pipeline, ground-truth / automatic labels
+                               (refinement levels calibrated on 100 of the run's images)
+  chefer-own                   the same, each image refined at its own levels
+                               (--calibrate-levels 0, the default before 2026-12-07)
   clip-es                      CLIP-ES's maps, their background rule, no CRF (70.8 on train)
   clip-es-crf                  --preset clip-es: + their dense CRF (75.0 on train)
   clip-es-refine               CLIP-ES's maps + jaxseg's refinement
+  clip-es-refine-own           the same at each image's own levels
   naclip, naclip-auto          --preset naclip with ground-truth / automatic labels
   naclip-open                  --preset naclip, every VOC class on every image: NACLIP's
                                open-vocabulary VOC21 setting (64.1 mIoU on val)
@@ -37,11 +41,16 @@ import sys
 GT_LABELS = object()  # stands for the dataset's ground-truth image labels
 ROWS = {
     "chefer": ("jaxseg (Chefer + refinement)", GT_LABELS, []),
+    "chefer-own": ("jaxseg, each image at its own levels", GT_LABELS,
+                   ["--calibrate-levels", "0"]),
     "chefer-auto": ("jaxseg, automatic labels", ["--labels", "auto", "--vocab", "voc"], []),
     "clip-es": ("CLIP-ES maps", GT_LABELS, ["--method", "clip-es", "--refine", "none"]),
     "clip-es-crf": ("CLIP-ES maps + CRF (--preset clip-es)", GT_LABELS, ["--preset", "clip-es"]),
     "clip-es-refine": ("CLIP-ES maps + jaxseg refinement", GT_LABELS,
                        ["--method", "clip-es", "--refine", "graphcut"]),
+    "clip-es-refine-own": ("CLIP-ES maps + jaxseg refinement, own levels", GT_LABELS,
+                           ["--method", "clip-es", "--refine", "graphcut",
+                            "--calibrate-levels", "0"]),
     "naclip": ("NACLIP (--preset naclip)", GT_LABELS, ["--preset", "naclip"]),
     "naclip-auto": ("NACLIP, automatic labels", ["--labels", "auto", "--vocab", "voc"],
                     ["--preset", "naclip"]),

@@ -174,3 +174,27 @@ def test_dataset_rule_places_seeds_at_the_calibrated_levels():
     assert (pseudo[30:, :] == -1).all()  # above the background cut, below the object's
     assert (pseudo[10:20, 10:20] == 1).all() and pseudo[2, 30] == 0
     assert (prior.argmax(0)[30:, :] == 0).all() and (prior.argmax(0)[10:20, 10:20] == 1).all()
+
+
+def test_dataset_runs_of_50_images_or_more_calibrate_by_default_and_resume_alike(tmp_path):
+    from jaxseg.run.calibration import plan_calibration
+
+    def plan(requested=None, images=50, record=None, done=0, mode="graphcut", coverage=None):
+        return plan_calibration(requested, coverage, mode, images, record, done, str(tmp_path))
+
+    assert [plan(images=n).count for n in (1, 49, 50, 99, 100, 5000)] == [0, 0, 50, 99, 100, 100]
+    assert plan(images=5000).coverage == DATASET_COVERAGE
+    assert plan(images=3, requested=2, coverage=0.4)[:2] == (2, 0.4)
+    assert plan(images=5000, requested=0).count == 0
+    assert plan(images=5000, mode="crf").count == 0
+    own = plan(images=5000, done=7)  # a folder refined at own levels goes on at them
+    assert own.count == 0 and "as the 7 of this run's images" in own.note
+    record = {"requested": 100, "coverage": 0.3, "levels": {}, "background_score": 0.1}
+    assert plan(images=3, record=record)[:2] == (100, 0.3)  # a resume takes the record
+    for refused in (dict(requested=0, record=record), dict(requested=50, record=record),
+                    dict(coverage=0.2, record=record), dict(requested=5, done=7),
+                    dict(images=10, coverage=0.3), dict(requested=-1),
+                    dict(requested=3, mode="none"),
+                    dict(record={**record, "retired": True})):
+        with pytest.raises(ValueError):
+            plan(**refused)

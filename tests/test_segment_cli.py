@@ -11,6 +11,7 @@ from PIL import Image
 
 from jaxseg.cli import segment
 from jaxseg.labels.presets import DEFAULT_TEMPLATES
+from jaxseg.run import calibration, runner
 from test_datasets import make_voc
 from test_imageio import png_header_only, write_odd_images
 from compile_cache import CACHE_ARGS
@@ -130,10 +131,15 @@ def test_auto_labels_write_their_scores(tmp_path, run):
     (["IMG"], "give labels"),
     (["IMG", "--labels", "auto", "--vocab", "/no/vocab.txt"], "neither 'voc', 'coco'"),
     (["IMG", "--labels", "a", "--batch-size", "0"], "--batch-size must be >= 1"),
-    (["IMG", "--labels", "a", "--calibrate-levels", "0"], "--calibrate-levels must be >= 1"),
+    (["IMG", "--labels", "a", "--calibrate-levels", "-1"], "--calibrate-levels must be >= 0"),
     (["IMG", "--labels", "a", "--refine", "none", "--calibrate-levels", "4"],
      "--calibrate-levels calibrates jaxseg's graph-cut refinement"),
-    (["IMG", "--labels", "a", "--coverage", "0.3"], "add --calibrate-levels N or drop --coverage"),
+    (["IMG", "--labels", "a", "--refine", "crf", "--coverage", "0.3"],
+     "--coverage calibrates jaxseg's graph-cut refinement"),
+    (["IMG", "--labels", "a", "--coverage", "0.3"],
+     "runs of fewer than 50 images do by default; add --calibrate-levels N"),
+    (["IMG", "--labels", "a", "--calibrate-levels", "0", "--coverage", "0.3"],
+     "(--calibrate-levels 0; drop one of the two)"),
     (["IMG", "--labels", "a", "--calibrate-levels", "4", "--coverage", "1"],
      "--coverage must be in (0, 1)"),
 ])
@@ -212,12 +218,18 @@ def test_a_calibrated_run_resumes_at_its_recorded_levels(tmp_path, run, capsys):
     recorded = "calibrated with --calibrate-levels 3 --coverage 0.2"
     refused = (([*calibrate, "--coverage", 0.3], "resume with those"),
                (["--labels", "cat,dog", "--calibrate-levels", 4], "resume with those"),
-               (["--labels", "cat,dog"], "add those to resume it"))
+               (["--labels", "cat,dog", "--calibrate-levels", 0], "drop --calibrate-levels 0"),
+               (["--labels", "cat,dog", "--coverage", 0.3], "resume with those"))
     for other, expected in refused:
         assert run(*paths, *other, "--out", out) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and recorded in err and expected in err, err
     assert comparable(out) == first  # nothing written by the refused runs
+    (out / "img1.png").unlink()
+    # Without --calibrate-levels a run resumes at the record's levels, whatever it lists.
+    assert run(*paths[:2], "--labels", "cat,dog", "--out", out) == 0
+    assert "levels calibrated in" in capsys.readouterr().err
+    assert comparable(out) == first
     (out / "levels.json").write_text('{"levels": {"theta": 0.3}}')
     assert run(*paths, *calibrate, "--out", out) == 2
     assert "not a record of --calibrate-levels" in capsys.readouterr().err
@@ -229,6 +241,66 @@ def test_a_calibrated_run_resumes_at_its_recorded_levels(tmp_path, run, capsys):
     assert not (out / "levels.json").exists()
     assert run(*paths, "--labels", "cat,dog", "--out", tmp_path / "own") == 0
     assert comparable(out) == comparable(tmp_path / "own")
+
+
+def test_runs_of_many_images_calibrate_by_default_and_resume_like_their_folder(
+        tmp_path, run, capsys, monkeypatch):
+    monkeypatch.setattr(calibration, "AUTO_MIN_IMAGES", 4)
+    monkeypatch.setattr(calibration, "AUTO_SAMPLE", 3)
+    paths = random_images(tmp_path / "in", 5, seed=3)
+    labels = ["--labels", "cat,dog"]
+    assert run(*paths, *labels, "--out", tmp_path / "auto") == 0
+    assert "calibrating the refinement's levels on 3 of the run's images" in capsys.readouterr().err
+    assert run(*paths, *labels, "--calibrate-levels", 3, "--out", tmp_path / "explicit") == 0
+    auto = comparable(tmp_path / "auto")
+    assert "levels.json" in auto and auto == comparable(tmp_path / "explicit")
+    # Fewer images: each at its own levels, as with --calibrate-levels 0.
+    assert run(*paths[:3], *labels, "--out", tmp_path / "few") == 0
+    assert run(*paths[:3], *labels, "--calibrate-levels", 0, "--out", tmp_path / "off") == 0
+    few = comparable(tmp_path / "few")
+    assert "levels.json" not in few and few == comparable(tmp_path / "off")
+    # A folder of images refined at their own levels goes on at their own levels.
+    capsys.readouterr()
+    assert run(*paths, *labels, "--out", tmp_path / "few") == 0
+    assert "as the 3 of this run's images already in" in capsys.readouterr().err
+    assert run(*paths, *labels, "--calibrate-levels", 0, "--out", tmp_path / "own") == 0
+    grown = comparable(tmp_path / "few")
+    assert "levels.json" not in grown and grown == comparable(tmp_path / "own")
+    assert run(*paths, *labels, "--calibrate-levels", 3, "--out", tmp_path / "few") == 2
+    assert "resume without --calibrate-levels" in capsys.readouterr().err
+    assert comparable(tmp_path / "few") == grown
+    # Nothing to calibrate on (no image has a label): the default refines each image at
+    # its own levels; asked for, calibration is refused.
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({f"img{index}": [] for index in range(5)}))
+    assert run(*paths, "--labels-file", empty, "--out", tmp_path / "unlabelled") == 0
+    assert "own levels: nothing to calibrate on" in capsys.readouterr().err
+    assert not (tmp_path / "unlabelled" / "levels.json").exists()
+    assert run(*paths, "--labels-file", empty, "--calibrate-levels", 3,
+               "--out", tmp_path / "refused") == 2
+    assert "--calibrate-levels: nothing to calibrate on" in capsys.readouterr().err
+
+
+def test_an_overwrite_at_own_levels_stopped_early_refuses_a_resume(tmp_path, run, capsys,
+                                                                    monkeypatch):
+    paths = random_images(tmp_path / "in", 3, seed=5)
+    out = tmp_path / "out"
+    assert run(*paths, "--labels", "cat", "--calibrate-levels", 2, "--out", out) == 0
+    record = json.loads((out / "levels.json").read_text())
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "run_dataset", stopped)
+        assert run(*paths, "--labels", "cat", "--out", out, "--overwrite") == 130
+    assert json.loads((out / "levels.json").read_text()) == {**record, "retired": True}
+    capsys.readouterr()
+    for resume in ([], ["--calibrate-levels", 2]):
+        assert run(*paths, "--labels", "cat", *resume, "--out", out) == 2
+        assert "run it again with --overwrite" in capsys.readouterr().err
+    assert run(*paths, "--labels", "cat", "--out", out, "--overwrite") == 0
+    assert not (out / "levels.json").exists()
 
 
 def test_an_image_named_like_the_levels_record_never_overwrites_it(tmp_path, run, capsys):

@@ -31,6 +31,10 @@ dense CRF and needs ``pip install 'jaxseg[crf]'``). ``--preset`` reproduces an a
 pseudo-labels end to end: ``clip-es`` (VOC; with their CRF), ``clip-es-coco``, ``naclip``
 (VOC21: PAMR, no further refinement).
 
+Refinement levels: a graph-cut run of 50 images or more first calibrates the levels at
+which every image's maps are read on up to 100 of its images (``levels.json``; see
+``jaxseg.run.calibration``); ``--calibrate-levels 0`` reads each image at its own.
+
 Images: any format PIL reads, shown as a viewer shows them (EXIF orientation
 applied; grey, palette, CMYK and 16-bit converted to RGB, 16-bit values scaled by
 65535; transparency over white), from 1 px up to 8192 x 8192 px.
@@ -53,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import traceback
 from typing import Optional, Sequence
@@ -131,12 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--refine-steps", type=int, metavar="N",
                      help="distillation steps of the refinement (default 100; fewer is faster)")
     run.add_argument("--calibrate-levels", type=int, metavar="N",
-                     help="refine every image at levels calibrated on the maps of N images "
-                          "spread over the run (50 or more; written to OUT/levels.json and "
-                          "read back on a resume) instead of each image's own; graphcut "
-                          "refinement only")
+                     help="graph-cut refinement: refine every image at levels calibrated on "
+                          "the maps of N images spread over the run, written to "
+                          "OUT/levels.json and read back on a resume; 0: each image at its "
+                          "own levels (default: min(100, images) for a run of 50 images or "
+                          "more, else 0; a resume refines like the images already written)")
     run.add_argument("--coverage", type=float, metavar="F",
-                     help="with --calibrate-levels: the share of an image's pixels that "
+                     help="with calibrated levels: the share of an image's pixels that "
                           "objects of the given labels cover on average (default 0.2, about "
                           "their share in COCO photos of VOC classes)")
     run.add_argument("--compile-cache", default=default_cache_dir(), metavar="DIR",
@@ -262,8 +266,8 @@ def _segment(args, console: Console) -> int:
     from jaxseg.run import sharding
 
     from jaxseg.clip.handle import load_clip
-    from jaxseg.refinement.calibrate import DATASET_COVERAGE
     from jaxseg.run import calibration, plan, runner
+    from jaxseg.run.outputs import complete_stems
     from jaxseg.segmenter import Segmenter
 
     config = _config(args)
@@ -273,44 +277,36 @@ def _segment(args, console: Console) -> int:
     configure_compile_cache(None if args.no_compile_cache else args.compile_cache)
     if args.matmul_precision:
         jax.config.update("jax_default_matmul_precision", args.matmul_precision)
-    if args.calibrate_levels is not None and args.calibrate_levels < 1:
-        raise UsageError(f"--calibrate-levels must be >= 1, got {args.calibrate_levels}")
-    if args.coverage is not None and not 0.0 < args.coverage < 1.0:
-        raise UsageError(f"--coverage must be in (0, 1), got {args.coverage}")
-    if args.coverage is not None and args.calibrate_levels is None:
-        raise UsageError("--coverage sets the share --calibrate-levels calibrates to; "
-                         "add --calibrate-levels N or drop --coverage")
-    if args.calibrate_levels is not None and config.refine_mode != "graphcut":
-        raise UsageError(f"--calibrate-levels calibrates jaxseg's graph-cut refinement; drop it "
-                         f"or use --refine graphcut (this run refines with {config.refine_mode})")
-    coverage = DATASET_COVERAGE if args.coverage is None else args.coverage
-    levels_path = os.path.join(args.out, calibration.LEVELS_FILE)
-    if args.calibrate_levels is not None and calibration.holds_sidecar(args.out):
-        raise UsageError(f"{levels_path} is an image's sidecar, where --calibrate-levels "
-                         f"writes its record; use another --out")
-    # A resumed run keeps its record's levels (checked before the model loads), so the
-    # images it adds are refined like those already written.
+    # The folder is read before the model loads, so a refused resume fails fast and the
+    # processes of a run, started together by jax.distributed, all read it before any of
+    # them writes (each loads the model, and calibrates, first): all plan alike.
     record = None if args.overwrite else calibration.read_record(args.out)
-    if record is not None:
-        calibration.check_record(record, args.calibrate_levels, coverage, levels_path)
-        if not args.quiet and jax.process_index() == 0:
-            console.line(f"refining at the levels calibrated in {levels_path}")
+    done = 0 if args.overwrite else len(complete_stems(
+        args.out, [item.stem for item in dataset.items]))
+    calibrate = calibration.plan_calibration(
+        args.calibrate_levels, args.coverage, config.refine_mode, len(dataset.items), record,
+        done, args.out)
+    if calibrate.note and not args.quiet and jax.process_index() == 0:
+        console.line(calibrate.note)
     clip = load_clip(args.model, dtype=jax.numpy.dtype(args.dtype))
     segmenter = Segmenter(clip, config, sharding.data_mesh(args.max_devices))
     items, failures = plan.prepare_items(dataset.items, segmenter, console.warn)
     failures = dataset.failures + failures
-    if args.calibrate_levels is not None:
+    if calibrate.count:
         items, clashes = calibration.drop_record_clashes(items)
         failures += clashes
     # Batches are planned from the whole list, the same in every process; each process
     # runs every N-th one and process 0 reports the listing's errors.
     batch_size = min(args.batch_size, max(1, len(items)))
-    if args.calibrate_levels is not None:
+    if calibrate.count:
         # Every process calibrates on the same sample, so all refine alike.
         segmenter = calibration.calibrated_segmenter(
-            segmenter, items, args.calibrate_levels, coverage, args.out, batch_size,
+            segmenter, items, calibrate.count, calibrate.coverage, args.out, batch_size,
             console.warn, record=record, write=jax.process_index() == 0,
-            settings=calibration.settings_key(args.model, config))
+            settings=calibration.settings_key(args.model, config),
+            required=args.calibrate_levels is not None)
+    if args.overwrite and not calibrate.count and jax.process_index() == 0:
+        calibration.retire_record(args.out)
     batches = plan.process_batches(plan.plan_batches(items, batch_size), jax.process_index(),
                                    jax.process_count())
     if jax.process_index() > 0:
@@ -325,12 +321,11 @@ def _segment(args, console: Console) -> int:
         refine_workers=args.refine_workers)
     console.bar = None
     failures += summary.failures
-    if (args.overwrite and args.calibrate_levels is None and summary.interrupted is None
-            and jax.process_index() == 0 and os.path.exists(levels_path)
-            and not calibration.holds_sidecar(args.out)):
-        # Removed only once the run's images are all redone at their own levels, so an
-        # interrupted --overwrite still refuses to resume without it.
-        os.remove(levels_path)
+    if (args.overwrite and not calibrate.count and summary.interrupted is None
+            and jax.process_index() == 0):
+        # Removed once the run's images are all redone at their own levels; until then the
+        # retired record refuses a resume without --overwrite.
+        calibration.remove_record(args.out)
     if not args.quiet or summary.interrupted:
         done = len(summary.written)
         rate = done / summary.wall_seconds if summary.wall_seconds > 0 else 0.0

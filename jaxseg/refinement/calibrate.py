@@ -25,8 +25,9 @@ levels on the mean of the six main ones, 2.1 on the two held-out ones and 3.4 on
 written blind, and lost on one of the eleven (-0.6; BENCHMARKS.md, issue 14). The gain
 rests on ``coverage`` being near the dataset's share: on the half of coco-dev whose
 objects cover 39 % of the pixels, calibrating to 20 % lost 1.5 on the mean. ``refine()``
-of one image still reads its own levels by default, because one image cannot show where a
-method's boundary lies. Calibration reads only the maps (no labels or masks), so it can
+of one image reads its own levels, because one image cannot show where a method's
+boundary lies; dataset runs of 50 images or more calibrate by default
+(``jaxseg.run.calibration``). Calibration reads only the maps (no labels or masks), so it can
 run on the very images being refined; the share needs a larger sample than the levels
 (see :func:`calibrate_levels`).
 """

@@ -1,16 +1,19 @@
 """Refinement levels calibrated on a sample of a dataset run's own maps.
 
-``--calibrate-levels N`` of ``python -m jaxseg.segment``: before the run, N images spread
-evenly over its list are segmented up to their maps, each image's Otsu levels and share
-curve are read (``jaxseg.refinement.calibrate.read_calibration``), and the whole run
+A graph-cut dataset run of ``AUTO_MIN_IMAGES`` images or more calibrates by default
+(``--calibrate-levels N`` sets the sample, 0 turns it off): before the run, N images
+spread evenly over its list are segmented up to their maps, each image's Otsu levels and
+share curve are read (``jaxseg.refinement.calibrate.read_calibration``), and the whole run
 refines at the medians of the levels, the background placed where the sample's maps
 cover ``--coverage`` of the pixels (``calibrate_levels``). The sample is the same in every
 process (a fixed choice from the planned list, deterministic maps), so the levels, and
 with them the masks, are too. Process 0 writes them to ``levels.json`` in the output
 folder, and a resumed run reads them back from there (``read_record``) instead of
 calibrating again, so the images it adds are refined like those already written even when
-its image list has changed. The record keeps a digest of the model and settings that made
-the sample's maps (``settings_key``); a resume with other ones is warned.
+its image list has changed; a folder that holds images refined at their own levels and no
+record resumes at their own levels (``plan_calibration``). The record keeps a digest of
+the model and settings that made the sample's maps (``settings_key``); a resume with
+other ones is warned.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from jaxseg.refinement.calibrate import calibrate_levels, dataset_config, read_calibration
+from jaxseg.refinement.calibrate import (
+    DATASET_COVERAGE, calibrate_levels, dataset_config, read_calibration)
 from jaxseg.run import imageio
 from jaxseg.run.datasets import Item
 from jaxseg.segmenter import Segmenter
@@ -31,6 +35,13 @@ LEVELS_FILE = "levels.json"
 LEVEL_NAMES = ("theta", "mu_bg", "mu_fg")  # RefineConfig.levels, in order
 # The image whose JSON sidecar would be named like the record.
 RECORD_STEM = os.path.splitext(LEVELS_FILE)[0]
+# A graph-cut run of this many images or more calibrates by default, on up to
+# AUTO_SAMPLE of them: on every kind of map of scripts/eval_refine.py but one of eleven
+# the calibrated levels gained over each image's own (BENCHMARKS.md, issue 14), and the
+# background's cut needs a sample of about 50 to settle (over samples of 32 images its
+# standard deviation is 0.018-0.043 of the rescaled range).
+AUTO_MIN_IMAGES = 50
+AUTO_SAMPLE = 100
 
 
 def drop_record_clashes(items: Sequence[Item]) -> tuple[list[Item], list[tuple[str, str]]]:
@@ -95,6 +106,8 @@ def read_record(out_dir: str) -> Optional[dict]:
             return None
         record["levels"] = {name: float(record["levels"][name]) for name in LEVEL_NAMES}
         record["background_score"] = float(record["background_score"])
+        record["requested"] = int(record["requested"])
+        record["coverage"] = float(record["coverage"])
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise ValueError(f"{path}: not a record of --calibrate-levels ({type(error).__name__}: "
                          f"{error}); move it away, or pass --overwrite to calibrate again "
@@ -102,19 +115,132 @@ def read_record(out_dir: str) -> Optional[dict]:
     return record
 
 
-def check_record(record: dict, count: Optional[int], coverage: float, path: str) -> None:
+def retire_record(out_dir: str) -> None:
+    """Marks ``out_dir``'s record, if it holds one, as being replaced: an ``--overwrite``
+    run at each image's own levels redoes the folder's images, and until it has redone
+    them all (``remove_record``) a resume must not take the record's levels."""
+    try:
+        record = _load(out_dir)
+    except (OSError, ValueError, RecursionError):
+        return  # read_record refuses an unreadable record on a resume anyway
+    if isinstance(record, dict) and not _is_sidecar(record) and not record.get("retired"):
+        imageio.write_json(os.path.join(out_dir, LEVELS_FILE), {**record, "retired": True})
+
+
+def remove_record(out_dir: str) -> None:
+    """Removes ``out_dir``'s ``levels.json`` unless it is an image's sidecar."""
+    if os.path.exists(os.path.join(out_dir, LEVELS_FILE)) and not holds_sidecar(out_dir):
+        os.remove(os.path.join(out_dir, LEVELS_FILE))
+
+
+def check_record(record: dict, count: Optional[int], coverage: Optional[float],
+                 path: str) -> None:
     """Raises ValueError, naming the record's settings, unless a run with
-    ``--calibrate-levels count --coverage coverage`` may resume at the record's levels."""
+    ``--calibrate-levels count --coverage coverage`` (None: the flag not given) may resume
+    at the record's levels: without ``--calibrate-levels`` any record is resumed (at its
+    ``--coverage``, if one is given), with it the flags must be the record's."""
+    if record.get("retired"):
+        raise ValueError(f"{path}: an --overwrite at each image's own levels stopped before it "
+                         f"redid all of this folder's images; run it again with --overwrite")
     recorded = (f"--calibrate-levels {record.get('requested')!r} "
                 f"--coverage {record.get('coverage')!r}")
-    if count is None:
+    if count == 0:
         raise ValueError(f"{path}: this folder's images were refined at levels calibrated with "
-                         f"{recorded}; add those to resume it, or pass --overwrite to redo "
-                         f"this run's images at their own levels")
-    if (record.get("requested"), record.get("coverage")) != (count, coverage):
+                         f"{recorded}; drop --calibrate-levels 0 to resume at them, or pass "
+                         f"--overwrite to redo this run's images at their own levels")
+    if count is None:  # the default: the record's sample, and its share unless one is given
+        wanted = (record.get("requested"),
+                  record.get("coverage") if coverage is None else coverage)
+    else:
+        wanted = (count, DATASET_COVERAGE if coverage is None else coverage)
+    if (record.get("requested"), record.get("coverage")) != wanted:
         raise ValueError(f"{path}: this folder's images were refined at levels calibrated with "
                          f"{recorded}; resume with those, or pass --overwrite to calibrate "
                          f"again and redo this run's images")
+
+
+class CalibrationPlan(NamedTuple):
+    """How a dataset run refines (``plan_calibration``)."""
+
+    count: int  # images to calibrate on; 0: every image at its own levels
+    coverage: float  # the share calibrate_levels places the background at
+    note: str  # what the run does and why, for the console ("" when nothing is to be said)
+
+
+def plan_calibration(requested: Optional[int], coverage: Optional[float], refine_mode: str,
+                     images: int, record: Optional[dict], done: int,
+                     out_dir: str) -> CalibrationPlan:
+    """Whether and on how many images a dataset run calibrates its refinement's levels.
+
+    A folder's first run calibrates on ``requested`` images, by default on
+    ``min(AUTO_SAMPLE, images)`` when it has ``AUTO_MIN_IMAGES`` or more; a resumed run
+    refines like the images already written: at the record's levels, or at each image's
+    own when the folder holds images and no record.
+
+    Args:
+      requested: ``--calibrate-levels`` (None: not given; 0: each image's own levels).
+      coverage: ``--coverage`` (None: not given).
+      refine_mode: the run's ``SegmentConfig.refine_mode``.
+      images: how many images the run lists.
+      record: ``read_record`` of the folder (None: none, or ``--overwrite``).
+      done: how many of the run's images the folder holds already (0 with
+        ``--overwrite``).
+      out_dir: the output folder.
+
+    Returns:
+      The plan.
+
+    Raises:
+      ValueError: one line naming the flag or file at fault and what to do.
+    """
+    path = os.path.join(out_dir, LEVELS_FILE)
+    if requested is not None and requested < 0:
+        raise ValueError(f"--calibrate-levels must be >= 0 (0: each image at its own levels), "
+                         f"got {requested}")
+    if coverage is not None and not 0.0 < coverage < 1.0:
+        raise ValueError(f"--coverage must be in (0, 1), got {coverage}")
+    if refine_mode != "graphcut":
+        if requested or coverage is not None:
+            flag = "--calibrate-levels" if requested else "--coverage"
+            raise ValueError(f"{flag} calibrates jaxseg's graph-cut refinement; drop it or use "
+                             f"--refine graphcut (this run refines with {refine_mode})")
+        return CalibrationPlan(0, DATASET_COVERAGE, "")
+    if record is not None:
+        check_record(record, requested, coverage, path)
+        return CalibrationPlan(int(record["requested"]), float(record["coverage"]),
+                               f"refining at the levels calibrated in {path}")
+    note = ""
+    if requested is not None:
+        count = requested
+    elif done:
+        count = 0
+        if images >= AUTO_MIN_IMAGES:
+            note = (f"refining each image at its own levels, as the {done} of this run's images "
+                    f"already in {out_dir} were (it holds no {LEVELS_FILE}); pass --overwrite "
+                    f"to redo them all at calibrated levels")
+    else:
+        count = min(AUTO_SAMPLE, images) if images >= AUTO_MIN_IMAGES else 0
+        if count:
+            note = (f"calibrating the refinement's levels on {count} of the run's images, "
+                    f"objects taken to cover {DATASET_COVERAGE if coverage is None else coverage} "
+                    f"of a labelled image (--coverage F; --calibrate-levels 0: each image at "
+                    f"its own levels)")
+    if count == 0 and coverage is not None:
+        why = ("--calibrate-levels 0; drop one of the two" if requested == 0 else
+               f"as the {done} of its images already in {out_dir} were; pass --overwrite to "
+               f"redo them all at calibrated levels, or drop --coverage" if done else
+               f"runs of fewer than {AUTO_MIN_IMAGES} images do by default; add "
+               f"--calibrate-levels N to calibrate on N of them, or drop --coverage")
+        raise ValueError(f"--coverage sets the share calibrated levels cut at, and this run "
+                         f"refines each image at its own levels ({why})")
+    if count and holds_sidecar(out_dir):
+        raise ValueError(f"{path} is an image's sidecar, where the calibrated levels' record "
+                         f"would be written; use another --out, or --calibrate-levels 0")
+    if count and done:
+        raise ValueError(f"{out_dir} holds {done} of this run's images refined at their own "
+                         f"levels (it has no {LEVELS_FILE}); resume without --calibrate-levels, "
+                         f"or pass --overwrite to redo them all at calibrated levels")
+    return CalibrationPlan(count, DATASET_COVERAGE if coverage is None else coverage, note)
 
 
 def settings_key(model: str, config) -> str:
@@ -133,7 +259,8 @@ def sample_items(items: Sequence[Item], count: int) -> list[Item]:
 def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int,
                          coverage: float, out_dir: str, batch_size: int,
                          warn: Callable[[str], None], record: Optional[dict] = None,
-                         write: bool = True, settings: str = "") -> Segmenter:
+                         write: bool = True, settings: str = "",
+                         required: bool = True) -> Segmenter:
     """The segmenter with refinement levels calibrated on ``count`` of ``items``, or at
     those of a resumed run's ``record``.
 
@@ -144,19 +271,23 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
       coverage: the expected share of object pixels (``calibrate_levels``).
       out_dir: the output folder, where ``levels.json`` is written.
       batch_size: images per device call.
-      warn: reports a sample image that cannot be read (it is left out), and a
-        ``record`` made with other ``settings``.
+      warn: reports a sample image that cannot be read or whose maps are not finite (it
+        is left out), and a ``record`` made with other ``settings``.
       record: ``read_record``'s record of the folder, checked by ``check_record``; its
         levels are used and nothing is calibrated or written.
       write: write ``levels.json`` (process 0 of a run; the others compute the same).
       settings: ``settings_key`` of the run, written to the record.
+      required: asked for (``--calibrate-levels N``); when False (the default rule) a
+        sample that gives nothing to calibrate on is warned and the run refines each image
+        at its own levels, writing no record.
 
     Returns:
       The segmenter to run with (``Segmenter.with_refine``: it shares the given one's
       caches).
 
     Raises:
-      ValueError: when no sample image has labels.
+      ValueError: when ``required`` and no sample image has labels and maps that are not
+        flat.
     """
     if record is not None:
         if record.get("settings") != settings:
@@ -171,19 +302,30 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
         try:
             images.append(imageio.read_image(item.path))
         except (OSError, ValueError) as error:
-            warn(f"{item.path}: left out of --calibrate-levels ({error})")
+            warn(f"{item.path}: left out of the calibration sample ({error})")
             continue
         labels.append(item.labels)
         stems.append(item.stem)
     outputs = (segmenter.relevance_stage(images, labels, batch_size, unaries=False)
                if images else [])
     refine_config = segmenter.config.refine
-    readings = [read_calibration(image, output.scores, refine_config)
-                for image, output in zip(images, outputs) if output.scores.shape[0] > 0]
-    if not readings:
-        raise ValueError("--calibrate-levels: no sample image has labels to calibrate on; "
-                         "check the labels, or drop --calibrate-levels")
-    refine_config = calibrate_levels(readings, refine_config, coverage)
+    readings = []
+    for image, output, stem in zip(images, outputs, stems):
+        if output.scores.shape[0] > 0:
+            try:
+                readings.append(read_calibration(image, output.scores, refine_config))
+            except ValueError as error:  # maps not finite: that image fails in the run
+                warn(f"{stem}: left out of the calibration sample ({error})")
+    try:
+        if not readings:
+            raise ValueError("no sample image has labels")
+        refine_config = calibrate_levels(readings, refine_config, coverage)
+    except ValueError as error:  # no reading, or readings of flat maps only
+        if required:
+            raise ValueError(f"--calibrate-levels: nothing to calibrate on ({error}); check the "
+                             f"labels, or pass --calibrate-levels 0") from None
+        warn(f"refining each image at its own levels: nothing to calibrate on ({error})")
+        return segmenter
     if not write:
         return segmenter.with_refine(refine_config)
     os.makedirs(out_dir, exist_ok=True)
