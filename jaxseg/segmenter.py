@@ -75,7 +75,7 @@ class DeviceOutput:
       background: float32 ``[H, W]`` the method's background score (``jaxseg.maps.scoring``).
       unaries: float16 ``[K + 1, h, w]`` the graph cut's probabilities at refinement size
         (``jaxseg.refinement.unaries``; refine mode ``"graphcut"`` only).
-      made_with: the refinement settings the unaries were computed with.
+      made_with: the refinement settings the unaries were computed with (cut under no other).
       label_scores: for automatic labels, each chosen label's score.
       timings: seconds per stage so far.
     """

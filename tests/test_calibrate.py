@@ -1,4 +1,5 @@
-"""Tests of levels calibrated on a dataset's maps (``jaxseg.refinement.calibrate``)."""
+"""Tests of levels calibrated on a dataset's maps (``jaxseg.refinement.calibrate``, and
+when a run calibrates: ``jaxseg.run.calibration.plan_calibration``)."""
 
 import dataclasses
 import json
@@ -195,6 +196,6 @@ def test_dataset_runs_of_50_images_or_more_calibrate_by_default_and_resume_alike
                     dict(coverage=0.2, record=record), dict(requested=5, done=7),
                     dict(images=10, coverage=0.3), dict(requested=-1),
                     dict(requested=3, mode="none"),
-                    dict(record={**record, "retired": True})):
+                    dict(record={**record, "overwriting": True})):
         with pytest.raises(ValueError):
             plan(**refused)

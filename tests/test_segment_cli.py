@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,8 +282,8 @@ def test_runs_of_many_images_calibrate_by_default_and_resume_like_their_folder(
     assert "--calibrate-levels: nothing to calibrate on" in capsys.readouterr().err
 
 
-def test_an_overwrite_at_own_levels_stopped_early_refuses_a_resume(tmp_path, run, capsys,
-                                                                    monkeypatch):
+def test_an_overwrite_that_changes_the_levels_and_stops_early_refuses_a_resume(
+        tmp_path, run, capsys, monkeypatch):
     paths = random_images(tmp_path / "in", 3, seed=5)
     out = tmp_path / "out"
     assert run(*paths, "--labels", "cat", "--calibrate-levels", 2, "--out", out) == 0
@@ -291,16 +292,37 @@ def test_an_overwrite_at_own_levels_stopped_early_refuses_a_resume(tmp_path, run
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
-    with monkeypatch.context() as patch:
-        patch.setattr(runner, "run_dataset", stopped)
-        assert run(*paths, "--labels", "cat", "--out", out, "--overwrite") == 130
-    assert json.loads((out / "levels.json").read_text()) == {**record, "retired": True}
-    capsys.readouterr()
-    for resume in ([], ["--calibrate-levels", 2]):
-        assert run(*paths, "--labels", "cat", *resume, "--out", out) == 2
-        assert "run it again with --overwrite" in capsys.readouterr().err
-    assert run(*paths, "--labels", "cat", "--out", out, "--overwrite") == 0
-    assert not (out / "levels.json").exists()
+    # To each image's own levels, then back to calibrated ones: stopped before the images
+    # are redone, the folder mixes two kinds of levels, and a resume is refused.
+    for overwrite, marked in (([], {**record, "overwriting": True}),
+                              (["--calibrate-levels", 2], {**record, "overwriting": True})):
+        with monkeypatch.context() as patch:
+            patch.setattr(runner, "run_dataset", stopped)
+            assert run(*paths, "--labels", "cat", *overwrite, "--out", out, "--overwrite") == 130
+        assert json.loads((out / "levels.json").read_text()) == marked
+        capsys.readouterr()
+        for resume in ([], ["--calibrate-levels", 2]):
+            assert run(*paths, "--labels", "cat", *resume, "--out", out) == 2
+            assert "run it again with --overwrite" in capsys.readouterr().err
+        assert run(*paths, "--labels", "cat", *overwrite, "--out", out, "--overwrite") == 0
+        assert (json.loads((out / "levels.json").read_text()) == record if overwrite
+                else not (out / "levels.json").exists())
+    # An --overwrite that would change the levels of images it does not redo is refused.
+    assert run(*paths[:2], "--labels", "cat", "--calibrate-levels", 2, "--out", out,
+               "--overwrite") == 2
+    assert "holds 1 images this run does not list (e.g. img2)" in capsys.readouterr().err
+    assert json.loads((out / "levels.json").read_text()) == record
+
+
+def test_an_unreadable_sample_image_is_left_out_and_reported(tmp_path, run, capsys,
+                                                              monkeypatch):
+    monkeypatch.setattr(calibration, "AUTO_MIN_IMAGES", 4)
+    paths = random_images(tmp_path / "in", 4, seed=6)
+    Path(paths[1]).write_bytes(b"")
+    assert run(*paths, "--labels", "cat", "--out", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert f"{paths[1]}: left out of the calibration sample" in err and "internal" not in err
+    assert json.loads((tmp_path / "out" / "levels.json").read_text())["images"] == 3
 
 
 def test_an_image_named_like_the_levels_record_never_overwrites_it(tmp_path, run, capsys):

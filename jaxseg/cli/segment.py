@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import traceback
 from typing import Optional, Sequence
@@ -253,14 +254,21 @@ def _run(args, console: Console) -> int:
     # jax.distributed must connect before anything else touches JAX.
     sharding.initialize_distributed(args.coordinator_address, args.num_processes,
                                     args.process_id, auto=True)
+    finish, completed = None, False
     try:
-        return _segment(args, console)
+        status, finish = _segment(args, console)
+        completed = True
+        return status
     finally:
-        # Every process reaches the barrier, also after an error, so no host waits forever.
-        sharding.barrier("jaxseg-segment-done")
+        # Every process reaches the barrier, also after an error, so no host waits forever;
+        # what must wait for the whole run (the record of an --overwrite) waits for it.
+        if sharding.all_processes("jaxseg-segment-done", completed) and finish is not None:
+            finish()
 
 
-def _segment(args, console: Console) -> int:
+def _segment(args, console: Console):
+    """Runs the command; returns its exit status and what process 0 does once every
+    process has completed its share (None: nothing)."""
     import jax
 
     from jaxseg.run import sharding
@@ -288,6 +296,9 @@ def _segment(args, console: Console) -> int:
         done, args.out)
     if calibrate.note and not args.quiet and jax.process_index() == 0:
         console.line(calibrate.note)
+    if args.overwrite:
+        calibration.check_overwrite(args.out, [item.stem for item in dataset.items],
+                                    calibrate.count > 0)
     clip = load_clip(args.model, dtype=jax.numpy.dtype(args.dtype))
     segmenter = Segmenter(clip, config, sharding.data_mesh(args.max_devices))
     items, failures = plan.prepare_items(dataset.items, segmenter, console.warn)
@@ -298,15 +309,23 @@ def _segment(args, console: Console) -> int:
     # Batches are planned from the whole list, the same in every process; each process
     # runs every N-th one and process 0 reports the listing's errors.
     batch_size = min(args.batch_size, max(1, len(items)))
+    calibrated = False
     if calibrate.count:
         # Every process calibrates on the same sample, so all refine alike.
+        own_levels = segmenter
         segmenter = calibration.calibrated_segmenter(
             segmenter, items, calibrate.count, calibrate.coverage, args.out, batch_size,
             console.warn, record=record, write=jax.process_index() == 0,
             settings=calibration.settings_key(args.model, config),
-            required=args.calibrate_levels is not None)
-    if args.overwrite and not calibrate.count and jax.process_index() == 0:
-        calibration.retire_record(args.out)
+            required=args.calibrate_levels is not None, overwriting=args.overwrite)
+        calibrated = segmenter is not own_levels
+    finish = None
+    if args.overwrite and jax.process_index() == 0:
+        # Until every image is redone, the folder holds images of two kinds of levels.
+        if not calibrated:
+            calibration.mark_overwriting(args.out)
+        finish = (functools.partial(calibration.mark_overwriting, args.out, False) if calibrated
+                  else functools.partial(calibration.remove_record, args.out))
     batches = plan.process_batches(plan.plan_batches(items, batch_size), jax.process_index(),
                                    jax.process_count())
     if jax.process_index() > 0:
@@ -321,11 +340,6 @@ def _segment(args, console: Console) -> int:
         refine_workers=args.refine_workers)
     console.bar = None
     failures += summary.failures
-    if (args.overwrite and not calibrate.count and summary.interrupted is None
-            and jax.process_index() == 0):
-        # Removed once the run's images are all redone at their own levels; until then the
-        # retired record refuses a resume without --overwrite.
-        calibration.remove_record(args.out)
     if not args.quiet or summary.interrupted:
         done = len(summary.written)
         rate = done / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
@@ -340,8 +354,8 @@ def _segment(args, console: Console) -> int:
         console.line(f"{len(failures)} input(s) failed:")
         for path, reason in failures:
             console.line(f"  {path}: {reason}")
-        return 1
-    return 0
+        return 1, finish
+    return 0, finish
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

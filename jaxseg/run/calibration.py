@@ -35,6 +35,7 @@ LEVELS_FILE = "levels.json"
 LEVEL_NAMES = ("theta", "mu_bg", "mu_fg")  # RefineConfig.levels, in order
 # The image whose JSON sidecar would be named like the record.
 RECORD_STEM = os.path.splitext(LEVELS_FILE)[0]
+OVERWRITING = "overwriting"  # the record's mark while an --overwrite redoes the folder
 # A graph-cut run of this many images or more calibrates by default, on up to
 # AUTO_SAMPLE of them: on every kind of map of scripts/eval_refine.py but one of eleven
 # the calibrated levels gained over each image's own (BENCHMARKS.md, issue 14), and the
@@ -58,8 +59,8 @@ def drop_record_clashes(items: Sequence[Item]) -> tuple[list[Item], list[tuple[s
         return item.stem.casefold() == RECORD_STEM
 
     return ([item for item in items if not clashes(item)],
-            [(item.path, f"its sidecar would overwrite {LEVELS_FILE}, the record of "
-                         f"--calibrate-levels; rename the image")
+            [(item.path, f"its sidecar would overwrite {LEVELS_FILE}, the record of the "
+                         f"calibrated levels; rename the image")
              for item in items if clashes(item)])
 
 
@@ -110,27 +111,54 @@ def read_record(out_dir: str) -> Optional[dict]:
         record["coverage"] = float(record["coverage"])
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise ValueError(f"{path}: not a record of --calibrate-levels ({type(error).__name__}: "
-                         f"{error}); move it away, or pass --overwrite to calibrate again "
-                         f"and redo this run's images") from None
+                         f"{error}); move it away, or pass --overwrite to redo this run's "
+                         f"images") from None
     return record
 
 
-def retire_record(out_dir: str) -> None:
-    """Marks ``out_dir``'s record, if it holds one, as being replaced: an ``--overwrite``
-    run at each image's own levels redoes the folder's images, and until it has redone
-    them all (``remove_record``) a resume must not take the record's levels."""
+def holds_record(out_dir: str) -> bool:
+    """Whether ``out_dir`` has a ``levels.json`` that is not an image's sidecar (one that
+    cannot be read counts: it may be a damaged record)."""
+    return os.path.exists(os.path.join(out_dir, LEVELS_FILE)) and not holds_sidecar(out_dir)
+
+
+def mark_overwriting(out_dir: str, overwriting: bool = True) -> None:
+    """Marks ``out_dir``'s record, if it holds one, as under an ``--overwrite`` (or clears
+    the mark): until that run has redone all its images, a resume must not take the
+    record's levels, since the images not yet redone were refined at other ones."""
     try:
         record = _load(out_dir)
     except (OSError, ValueError, RecursionError):
         return  # read_record refuses an unreadable record on a resume anyway
-    if isinstance(record, dict) and not _is_sidecar(record) and not record.get("retired"):
-        imageio.write_json(os.path.join(out_dir, LEVELS_FILE), {**record, "retired": True})
+    if isinstance(record, dict) and not _is_sidecar(record):
+        record.pop(OVERWRITING, None)
+        imageio.write_json(os.path.join(out_dir, LEVELS_FILE),
+                           {**record, OVERWRITING: True} if overwriting else record)
 
 
 def remove_record(out_dir: str) -> None:
     """Removes ``out_dir``'s ``levels.json`` unless it is an image's sidecar."""
-    if os.path.exists(os.path.join(out_dir, LEVELS_FILE)) and not holds_sidecar(out_dir):
+    if holds_record(out_dir):
         os.remove(os.path.join(out_dir, LEVELS_FILE))
+
+
+def check_overwrite(out_dir: str, stems: Sequence[str], calibrates: bool) -> None:
+    """Raises ValueError when an ``--overwrite`` would change the levels of images it does
+    not redo: ``out_dir`` holds outputs of images not in ``stems`` and has a record (whose
+    levels the run replaces or drops) or the run calibrates (new levels)."""
+    try:
+        sidecars = {entry.name[:-len(".json")] for entry in os.scandir(out_dir)
+                    if entry.name.endswith(".json")}  # temporaries end in .tmp-<pid>
+    except FileNotFoundError:
+        return
+    if holds_record(out_dir):
+        sidecars.discard(RECORD_STEM)
+    others = sorted(sidecars - set(stems))
+    if others and (calibrates or holds_record(out_dir)):
+        raise ValueError(f"{out_dir} holds {len(others)} images this run does not list (e.g. "
+                         f"{others[0]}), refined at levels this --overwrite changes; list them "
+                         f"too or use another --out (to redo some images at the folder's "
+                         f"levels, delete their outputs and resume without --overwrite)")
 
 
 def check_record(record: dict, count: Optional[int], coverage: Optional[float],
@@ -139,9 +167,10 @@ def check_record(record: dict, count: Optional[int], coverage: Optional[float],
     ``--calibrate-levels count --coverage coverage`` (None: the flag not given) may resume
     at the record's levels: without ``--calibrate-levels`` any record is resumed (at its
     ``--coverage``, if one is given), with it the flags must be the record's."""
-    if record.get("retired"):
-        raise ValueError(f"{path}: an --overwrite at each image's own levels stopped before it "
-                         f"redid all of this folder's images; run it again with --overwrite")
+    if record.get(OVERWRITING):
+        raise ValueError(f"{path}: an --overwrite stopped before it redid all of this folder's "
+                         f"images, some of which were refined at other levels; run it again "
+                         f"with --overwrite")
     recorded = (f"--calibrate-levels {record.get('requested')!r} "
                 f"--coverage {record.get('coverage')!r}")
     if count == 0:
@@ -227,8 +256,9 @@ def plan_calibration(requested: Optional[int], coverage: Optional[float], refine
                     f"its own levels)")
     if count == 0 and coverage is not None:
         why = ("--calibrate-levels 0; drop one of the two" if requested == 0 else
-               f"as the {done} of its images already in {out_dir} were; pass --overwrite to "
-               f"redo them all at calibrated levels, or drop --coverage" if done else
+               f"as the {done} of its images already in {out_dir} were; pass --overwrite "
+               f"with --calibrate-levels N to redo them all at calibrated levels, or drop "
+               f"--coverage" if done else
                f"runs of fewer than {AUTO_MIN_IMAGES} images do by default; add "
                f"--calibrate-levels N to calibrate on N of them, or drop --coverage")
         raise ValueError(f"--coverage sets the share calibrated levels cut at, and this run "
@@ -260,7 +290,7 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
                          coverage: float, out_dir: str, batch_size: int,
                          warn: Callable[[str], None], record: Optional[dict] = None,
                          write: bool = True, settings: str = "",
-                         required: bool = True) -> Segmenter:
+                         required: bool = True, overwriting: bool = False) -> Segmenter:
     """The segmenter with refinement levels calibrated on ``count`` of ``items``, or at
     those of a resumed run's ``record``.
 
@@ -280,10 +310,12 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
       required: asked for (``--calibrate-levels N``); when False (the default rule) a
         sample that gives nothing to calibrate on is warned and the run refines each image
         at its own levels, writing no record.
+      overwriting: write the record marked as under an ``--overwrite``
+        (``mark_overwriting``).
 
     Returns:
       The segmenter to run with (``Segmenter.with_refine``: it shares the given one's
-      caches).
+      caches); the given one itself when it falls back to each image's own levels.
 
     Raises:
       ValueError: when ``required`` and no sample image has labels and maps that are not
@@ -301,8 +333,9 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
     for item in sample_items(items, count):
         try:
             images.append(imageio.read_image(item.path))
-        except (OSError, ValueError) as error:
-            warn(f"{item.path}: left out of the calibration sample ({error})")
+        except (OSError, ValueError, imageio.ImageReadError) as error:
+            warn(f"{item.path}: left out of the calibration sample "
+                 f"({getattr(error, 'reason', error)})")
             continue
         labels.append(item.labels)
         stems.append(item.stem)
@@ -318,7 +351,7 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
                 warn(f"{stem}: left out of the calibration sample ({error})")
     try:
         if not readings:
-            raise ValueError("no sample image has labels")
+            raise ValueError("no sample image was read with labels")
         refine_config = calibrate_levels(readings, refine_config, coverage)
     except ValueError as error:  # no reading, or readings of flat maps only
         if required:
@@ -333,5 +366,6 @@ def calibrated_segmenter(segmenter: Segmenter, items: Sequence[Item], count: int
     imageio.write_json(os.path.join(out_dir, LEVELS_FILE), {
         "levels": dict(zip(LEVEL_NAMES, refine_config.levels)),
         "background_score": refine_config.background_score, "coverage": coverage,
-        "requested": count, "images": len(readings), "sample": stems, "settings": settings})
+        "requested": count, "images": len(readings), "sample": stems, "settings": settings,
+        **({OVERWRITING: True} if overwriting else {})})
     return segmenter.with_refine(refine_config)

@@ -194,3 +194,18 @@ def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
         from jax._src import distributed
 
         distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def all_processes(name: str, flag: bool, timeout_s: int = BARRIER_TIMEOUT_S) -> bool:
+    """Whether ``flag`` holds in every process: each posts its own to the coordination
+    service of ``jax.distributed`` and waits at barrier ``name`` (see :func:`barrier`);
+    ``flag`` itself for one process."""
+    if jax.process_count() == 1:
+        return flag
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    client.key_value_set(f"{name}/{jax.process_index()}", "1" if flag else "0")
+    client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+    flags = [value for _, value in client.key_value_dir_get(f"{name}/")]
+    return len(flags) == jax.process_count() and all(value == "1" for value in flags)
