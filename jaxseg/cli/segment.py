@@ -311,11 +311,13 @@ def _segment(args, console: Console):
     batch_size = min(args.batch_size, max(1, len(items)))
     calibrated = False
     if calibrate.count:
-        # Every process calibrates on the same sample, so all refine alike.
+        # Every process calibrates on the same sample, so all refine alike (and process 0
+        # alone reports what the others would repeat).
         own_levels = segmenter
         segmenter = calibration.calibrated_segmenter(
             segmenter, items, calibrate.count, calibrate.coverage, args.out, batch_size,
-            console.warn, record=record, write=jax.process_index() == 0,
+            console.warn if jax.process_index() == 0 else lambda message: None,
+            record=record, write=jax.process_index() == 0,
             settings=calibration.settings_key(args.model, config),
             required=args.calibrate_levels is not None, overwriting=args.overwrite)
         calibrated = segmenter is not own_levels
