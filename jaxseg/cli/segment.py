@@ -289,16 +289,15 @@ def _segment(args, console: Console):
     # processes of a run, started together by jax.distributed, all read it before any of
     # them writes (each loads the model, and calibrates, first): all plan alike.
     record = None if args.overwrite else calibration.read_record(args.out)
-    done = 0 if args.overwrite else len(complete_stems(
-        args.out, [item.stem for item in dataset.items]))
+    stems = [item.stem for item in dataset.items]
+    done = 0 if args.overwrite else len(complete_stems(args.out, stems))
     calibrate = calibration.plan_calibration(
         args.calibrate_levels, args.coverage, config.refine_mode, len(dataset.items), record,
         done, args.out)
     if calibrate.note and not args.quiet and jax.process_index() == 0:
         console.line(calibrate.note)
     if args.overwrite:
-        calibration.check_overwrite(args.out, [item.stem for item in dataset.items],
-                                    calibrate.count > 0)
+        calibration.check_overwrite(args.out, stems, calibrate.count > 0)
     clip = load_clip(args.model, dtype=jax.numpy.dtype(args.dtype))
     segmenter = Segmenter(clip, config, sharding.data_mesh(args.max_devices))
     items, failures = plan.prepare_items(dataset.items, segmenter, console.warn)

@@ -151,10 +151,11 @@ def check_overwrite(out_dir: str, stems: Sequence[str], calibrates: bool) -> Non
                     if entry.name.endswith(".json")}  # temporaries end in .tmp-<pid>
     except FileNotFoundError:
         return
-    if holds_record(out_dir):
+    has_record = holds_record(out_dir)
+    if has_record:
         sidecars.discard(RECORD_STEM)
     others = sorted(sidecars - set(stems))
-    if others and (calibrates or holds_record(out_dir)):
+    if others and (calibrates or has_record):
         raise ValueError(f"{out_dir} holds {len(others)} images this run does not list (e.g. "
                          f"{others[0]}), refined at levels this --overwrite changes; list them "
                          f"too or use another --out (to redo some images at the folder's "
@@ -236,8 +237,9 @@ def plan_calibration(requested: Optional[int], coverage: Optional[float], refine
         return CalibrationPlan(0, DATASET_COVERAGE, "")
     if record is not None:
         check_record(record, requested, coverage, path)
-        return CalibrationPlan(int(record["requested"]), float(record["coverage"]),
+        return CalibrationPlan(record["requested"], record["coverage"],
                                f"refining at the levels calibrated in {path}")
+    share = DATASET_COVERAGE if coverage is None else coverage
     note = ""
     if requested is not None:
         count = requested
@@ -251,9 +253,8 @@ def plan_calibration(requested: Optional[int], coverage: Optional[float], refine
         count = min(AUTO_SAMPLE, images) if images >= AUTO_MIN_IMAGES else 0
         if count:
             note = (f"calibrating the refinement's levels on {count} of the run's images, "
-                    f"objects taken to cover {DATASET_COVERAGE if coverage is None else coverage} "
-                    f"of a labelled image (--coverage F; --calibrate-levels 0: each image at "
-                    f"its own levels)")
+                    f"objects taken to cover {share} of a labelled image (--coverage F; "
+                    f"--calibrate-levels 0: each image at its own levels)")
     if count == 0 and coverage is not None:
         why = ("--calibrate-levels 0; drop one of the two" if requested == 0 else
                f"as the {done} of its images already in {out_dir} were; pass --overwrite "
@@ -270,7 +271,7 @@ def plan_calibration(requested: Optional[int], coverage: Optional[float], refine
         raise ValueError(f"{out_dir} holds {done} of this run's images refined at their own "
                          f"levels (it has no {LEVELS_FILE}); resume without --calibrate-levels, "
                          f"or pass --overwrite to redo them all at calibrated levels")
-    return CalibrationPlan(count, DATASET_COVERAGE if coverage is None else coverage, note)
+    return CalibrationPlan(count, share, note)
 
 
 def settings_key(model: str, config) -> str:
