@@ -114,7 +114,7 @@ def main() -> None:
                             segmenter._background)
     maps, _, features = jax.eval_shape(program, segmenter.clip.params, canvases, content_hw,
                                        packed, owner, segmenter._background)
-    side = segmenter.config.refine.max_size
+    side = segmenter.config.refine.long_side
 
     def spec(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype)

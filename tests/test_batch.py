@@ -5,6 +5,8 @@ import numpy as np
 import jaxseg
 from jaxseg.labels.presets import DEFAULT_TEMPLATES
 from jaxseg.maps import batch as batch_lib
+from jaxseg.refinement.config import RefineConfig
+from jaxseg.refinement.refine import refinement_size
 
 SMALL_TTA = jaxseg.TTAConfig(input_size=32, canvas_size=64)
 
@@ -47,8 +49,9 @@ def test_batch_equals_single_images(tiny_clip):
     for image, text, output in zip(images, texts, batch):
         alone = jaxseg.relevance_tta(tiny_clip, image, text, SMALL_TTA)
         np.testing.assert_allclose(output.scores, alone, atol=1e-5)
-        # The graph cut's unaries at refinement size (the image's own, below max_size).
-        assert output.unaries.shape == (len(text) + 1,) + image.shape[:2]
+        # The graph cut's unaries at refinement size (the image enlarged to a 192 long side).
+        assert output.unaries.shape == (len(text) + 1,) + refinement_size(*image.shape[:2],
+                                                                          RefineConfig())
         assert output.unaries.dtype == np.float16
         np.testing.assert_allclose(output.unaries.astype(np.float32).sum(0), 1.0, atol=5e-3)
 

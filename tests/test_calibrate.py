@@ -133,7 +133,8 @@ def test_calibrated_prior_covers_the_given_share_where_own_levels_take_the_conte
         ring = binary_dilation(truth, iterations=10) & ~truth
         scores = truth + 0.4 * ring + rng.normal(0, 0.03, truth.shape)
         scenes.append((np.zeros((64, 80, 3), np.uint8), scores[None].astype(np.float32), truth))
-    unsmoothed = RefineConfig(smooth_spatial=0.0)  # as _read_maps reads them
+    # As _read_maps reads them: unsmoothed, at the images' own size.
+    unsmoothed = RefineConfig(smooth_spatial=0.0, long_side=80)
     readings = [read_calibration(image, scores, unsmoothed) for image, scores, _ in scenes]
     objects = float(np.mean([truth.mean() for _, _, truth in scenes]))
 

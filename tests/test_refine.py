@@ -77,13 +77,29 @@ def test_two_labels_follow_score_order():
 def test_large_image_is_refined_at_capped_size_and_upsampled_along_edges():
     image, truth = _two_colour_scene(96, 128)
     scores = _coarse(truth, offset=(4, -4), seed=3, sigma=5.0)[None]
-    labels = refine(image, scores, config=RefineConfig(max_size=48))
+    labels = refine(image, scores, config=RefineConfig(long_side=48))
     assert labels.shape == truth.shape
     # The cut runs 2.7x coarser (48 x 36); upsampling along edges puts the boundary back
     # on the full-size colour edge except where the coarse cut itself is one pixel off.
     coarse_nearest = np.kron(truth[::8, ::8], np.ones((8, 8), bool))  # what a 16 x 12 grid gives
     assert (coarse_nearest != truth).sum() > 100
     assert (labels != truth).sum() <= 16
+
+
+def test_small_images_are_refined_at_the_long_side_like_large_ones():
+    # A grey 40 x 40 image with a clear blob in its map: at its own size the Potts term,
+    # at full strength on a textureless image, outweighed the blob's unaries and erased it.
+    image = np.full((40, 40, 3), 128, np.uint8)
+    yy, xx = np.mgrid[:40, :40]
+    disc = (yy - 20) ** 2 + (xx - 20) ** 2 < 10 ** 2
+    scores = gaussian_filter(disc.astype(np.float32), 2.0)[None]
+    labels = refine(image, scores)
+    # No colour edge to snap to: the mask is the core of the blob, as at any size.
+    assert labels.shape == disc.shape
+    assert labels.astype(bool).sum() > 0.5 * disc.sum() and not (labels.astype(bool) & ~disc).any()
+    # The same scene at 4x the size gives the same mask, up to the resizing.
+    large = refine(resize_image(image, (160, 160)), resize_maps(scores, (160, 160)))
+    assert (large[::4, ::4] != labels).mean() < 0.02
 
 
 def test_pseudo_labels_thresholds_are_relative_to_each_map():
@@ -149,14 +165,14 @@ def test_otsu_rule_places_seeds_at_each_images_own_levels():
         RefineConfig(threshold_rule="mean")
 
 
-@pytest.mark.parametrize("field, value", [("max_size", 1), ("max_size", 15), ("max_cycles", 0),
+@pytest.mark.parametrize("field, value", [("long_side", 1), ("long_side", 15), ("max_cycles", 0),
                                           ("pairwise_weight", -1.0), ("score_temperature", 0.0),
                                           ("upsample_colour", float("nan"))])
 def test_settings_outside_their_range_are_refused(field, value):
-    # max_size 1 crashed the batched unaries program with a broadcasting error.
+    # long_side 1 crashed the batched unaries program with a broadcasting error.
     with pytest.raises(ValueError, match=f"RefineConfig.{field} must be"):
         RefineConfig(**{field: value})
-    RefineConfig(max_size=16, pairwise_weight=0.0, local_radius=0.0, move_margin=0.0)
+    RefineConfig(long_side=16, pairwise_weight=0.0, local_radius=0.0, move_margin=0.0)
 
 
 def test_dataset_rule_needs_calibrated_levels_and_keeps_them_hashable():
@@ -325,7 +341,7 @@ def test_canvas_holds_the_resized_image_at_the_top_left_in_a_shared_bucket():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (300, 500, 3)).astype(np.uint8)
     scores = rng.random((3, 300, 500)).astype(np.float32)
-    laid = lay_on_canvas(image, scores, RefineConfig())  # max_size 192: 115 x 192
+    laid = lay_on_canvas(image, scores, RefineConfig())  # long_side 192: 115 x 192
     np.testing.assert_array_equal(laid.size_hw, [115, 192])
     assert laid.image.shape == (128, 192, 3) and laid.maps.shape == (4, 128, 192)
     np.testing.assert_array_equal(laid.label_mask, [True, True, True, False])
@@ -335,10 +351,11 @@ def test_canvas_holds_the_resized_image_at_the_top_left_in_a_shared_bucket():
     # A slightly smaller image with 4 labels shares the compiled program's shapes.
     other = lay_on_canvas(image[:280, :480], rng.random((4, 280, 480)), RefineConfig())
     assert other.image.shape == laid.image.shape and other.maps.shape == laid.maps.shape
+    # A small image is enlarged to the long side.
     small = lay_on_canvas(image[:40, :50], scores[:1, :40, :50], RefineConfig())
-    np.testing.assert_array_equal(small.size_hw, [40, 50])
-    assert small.image.shape == (64, 64, 3) and small.maps.shape == (1, 64, 64)
-    np.testing.assert_array_equal(small.image[:40, :50], image[:40, :50])
+    np.testing.assert_array_equal(small.size_hw, [154, 192])
+    assert small.image.shape == (192, 192, 3) and small.maps.shape == (1, 192, 192)
+    np.testing.assert_array_equal(small.image[:154], resize_image(image[:40, :50], (154, 192)))
 
 
 def test_seeds_and_prior_ignore_the_padding_exactly():

@@ -309,7 +309,7 @@ def test_an_overwrite_that_changes_the_levels_and_stops_early_refuses_a_resume(
     # An --overwrite that would change the levels of images it does not redo is refused.
     assert run(*paths[:2], "--labels", "cat", "--calibrate-levels", 2, "--out", out,
                "--overwrite") == 2
-    assert "holds 1 images this run does not list (e.g. img2)" in capsys.readouterr().err
+    assert "holds images this run does not list (1, e.g. img2)" in capsys.readouterr().err
     assert json.loads((out / "levels.json").read_text()) == record
 
 

@@ -88,7 +88,7 @@ def read_calibration(image: np.ndarray, scores: np.ndarray,
     Args:
       image: uint8 ``[H, W, 3]`` RGB image.
       scores: float ``[K, H, W]`` relevance maps, K >= 1.
-      config: the refinement settings (smoothing, ``max_size``); its rule is ignored.
+      config: the refinement settings (smoothing, ``long_side``); its rule is ignored.
 
     Returns:
       The image's :class:`CalibrationReading`.

@@ -10,8 +10,8 @@ from jaxseg.refinement.classifier import ClassifierConfig
 
 # (field, lower bound, whether the bound itself is refused): values below these crash the
 # stage or mean nothing. A refinement image under 16 pixels a side leaves the graph cut
-# next to nothing to work on (max_size 1 crashed the batched program).
-_BOUNDS = (("max_size", 16, False), ("max_cycles", 1, False), ("pairwise_weight", 0, False),
+# next to nothing to work on (a long side of 1 crashed the batched program).
+_BOUNDS = (("long_side", 16, False), ("max_cycles", 1, False), ("pairwise_weight", 0, False),
            ("prior_weight", 0, False), ("smooth_spatial", 0, False), ("local_radius", 0, False),
            ("local_sigma", 0, False), ("move_margin", 0, False), ("score_temperature", 0, True),
            ("colour_bandwidth", 0, True), ("smooth_colour", 0, True),
@@ -91,14 +91,17 @@ class RefineConfig:
         a sweep changes nothing); on coco-dev a second sweep changed mIoU by < 0.1.
       move_margin: a pixel joins an expansion move only if switching costs at most this
         many nats of unary; inf keeps every move exact (4 was ~3x faster, -0.4 mIoU).
-      max_size: images whose long side exceeds this are refined at this long side and
-        their labels upsampled along edges (see ``refine.cut_unaries``). 192: the best
+      long_side: every image is refined at this long side (larger ones shrunk, smaller
+        ones enlarged, so that the graph cut weighs outlines against areas alike at every
+        image size; see ``refine.refinement_size``) and its labels resized to the image
+        along its edges (see ``refine.cut_unaries``). Named ``max_size`` until small
+        images were enlarged too (2026-12-07). 192: the best
         mean mIoU over the recipe family among 160, 192, 224 and 256 (57.8 against
         57.3-57.4, on the family before ``tta_vit`` and ``dense_clip`` were recalibrated
         (BENCHMARKS.md); leave-one-recipe-out picks it on every fold), with 0.56x the pixels
         of 256 for the device and the host's graph cut.
       upsample_colour: colour standard deviation (Euclidean 8-bit RGB) of the joint
-        bilateral upsampling that puts the labels of an image refined at ``max_size`` on
+        bilateral upsampling that puts the labels of an image refined at ``long_side`` on
         the full-size image's edges.
       seed: seed of the PRNG key (training pixels, the classifier's initialisation and
         Fourier map).
@@ -125,7 +128,7 @@ class RefineConfig:
     pairwise_weight: float = 12.0
     max_cycles: int = 1
     move_margin: float = float("inf")
-    max_size: int = 192
+    long_side: int = 192
     upsample_colour: float = 20.0
     seed: int = 0
 

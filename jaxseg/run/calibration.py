@@ -156,7 +156,7 @@ def check_overwrite(out_dir: str, stems: Sequence[str], calibrates: bool) -> Non
         sidecars.discard(RECORD_STEM)
     others = sorted(sidecars - set(stems))
     if others and (calibrates or has_record):
-        raise ValueError(f"{out_dir} holds {len(others)} images this run does not list (e.g. "
+        raise ValueError(f"{out_dir} holds images this run does not list ({len(others)}, e.g. "
                          f"{others[0]}), refined at levels this --overwrite changes; list them "
                          f"too or use another --out (to redo some images at the folder's "
                          f"levels, delete their outputs and resume without --overwrite)")
