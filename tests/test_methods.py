@@ -54,6 +54,18 @@ def test_native_view_sizes_follow_the_authors_rules(resize, size, expected):
     assert view_size(*size, 16, NativeConfig(resize=resize)) == expected
 
 
+def test_short_side_view_is_a_bilinear_resize_without_antialiasing():
+    torch = pytest.importorskip("torch")
+    image = (np.random.default_rng(5).random((29, 41, 3)) * 255).astype(np.uint8)
+    view = native_lib.make_view(image, (50, 70), NativeConfig(resize="short_side"))
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=(50, 70), mode="bilinear",
+        align_corners=False, antialias=False)[0].permute(1, 2, 0).round().clamp(0, 255).numpy()
+    assert view.dtype == np.uint8 and view.shape == (50, 70, 3)
+    difference = np.abs(view.astype(np.float32) - expected)
+    assert difference.max() <= 1 and difference.mean() < 0.01  # ties rounded either way
+
+
 def test_minmax_and_softmax_scoring_rules():
     maps = np.array([[[0.2, 0.9]], [[0.6, 0.1]]], np.float32)  # [Q=2, 1, 2]
     owner = np.array([1, 2])

@@ -88,7 +88,9 @@ def make_view(image: np.ndarray, size_hw: tuple[int, int], config: NativeConfig)
         return np.asarray(Image.fromarray(image).resize(size_hw[::-1], Image.BICUBIC))
     rows = bilinear_matrix(image.shape[0], size_hw[0])
     cols = bilinear_matrix(image.shape[1], size_hw[1])
-    resized = np.einsum("yi,ijc,xj->yxc", rows, image.astype(np.float32), cols)
+    # optimize: without it a three-operand einsum loops over every pair of output and input
+    # pixels (21 s for a 160 x 120 image) instead of two matrix products.
+    resized = np.einsum("yi,ijc,xj->yxc", rows, image.astype(np.float32), cols, optimize=True)
     return np.clip(np.round(resized), 0, 255).astype(np.uint8)
 
 
