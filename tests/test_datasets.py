@@ -101,6 +101,27 @@ def test_collect_items_reports_stem_clashes():
                                             "rename one of them")]
 
 
+def test_collect_items_segments_a_repeated_file_once_and_refuses_picture_names():
+    dataset = datasets.collect_items(["a.jpg", "./a.jpg", "a_overlay.png", "a_maps.png",
+                                      "b_maps.png"], labels=["cat"])
+    # a_overlay.png and a_maps.png are the names of a's pictures: their masks would
+    # overwrite them (or be overwritten); b_maps has no b beside it.
+    assert [item.stem for item in dataset.items] == ["a", "b_maps"]
+    assert [(path, reason.split(";")[0]) for path, reason in dataset.failures] == [
+        ("a_overlay.png", "its mask a_overlay.png would take the name of the overlay picture of a"),
+        ("a_maps.png", "its mask a_maps.png would take the name of the maps picture of a")]
+
+
+def test_limit_keeps_the_first_images_of_the_listing_and_only_their_failures(tmp_path):
+    make_voc(tmp_path, {"a": [21], "b": [3], "c": [4]})
+    assert [item.stem for item in datasets.voc_dataset(str(tmp_path), "val", limit=2).items] == ["b"]
+    assert len(datasets.voc_dataset(str(tmp_path), "val", limit=2).failures) == 1  # a's id 21
+    assert datasets.voc_dataset(str(tmp_path), "val", limit=0).items == []
+    by_stem = {"x": ["cat"]}
+    dataset = datasets.collect_items(["x.jpg", "y.jpg", "z.jpg"], labels_by_stem=by_stem, limit=1)
+    assert [item.stem for item in dataset.items] == ["x"] and dataset.failures == []
+
+
 def test_complete_outputs_are_found_by_one_listing(tmp_path):
     for name in ("a.png", "a.json", "b.png", ".c.json.tmp-1", "c.png", "d.json"):
         (tmp_path / name).write_text("")

@@ -132,6 +132,8 @@ def test_auto_labels_write_their_scores(tmp_path, run):
     (["IMG"], "give labels"),
     (["IMG", "--labels", "auto", "--vocab", "/no/vocab.txt"], "neither 'voc', 'coco'"),
     (["IMG", "--labels", "a", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["IMG", "--labels", "a", "--limit", "-2"], "--limit must be >= 0"),
+    (["IMG", "--labels", "a", "--refine-workers", "-1"], "--refine-workers must be >= 0"),
     (["IMG", "--labels", "a", "--calibrate-levels", "-1"], "--calibrate-levels must be >= 0"),
     (["IMG", "--labels", "a", "--refine", "none", "--calibrate-levels", "4"],
      "--calibrate-levels calibrates jaxseg's graph-cut refinement"),
@@ -151,6 +153,20 @@ def test_user_errors_exit_2_in_one_line(tmp_path, capsys, args, message):
     status = segment.main(args + [*CACHE_ARGS, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert status == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_an_unusable_out_folder_or_input_size_exits_2_before_any_image(tmp_path, run, capsys):
+    paths = random_images(tmp_path / "in", 2)
+    (tmp_path / "afile").write_text("")
+    for args, message in (
+            (["--out", tmp_path / "afile"], "afile is a file, not a folder; pass a folder"),
+            (["--out", tmp_path / "afile" / "sub"], "afile is a file, not a folder"),
+            (["--input-size", 4, "--out", tmp_path / "out"],
+             "--input-size must be at least the model's patch size")):
+        assert run(*paths, "--labels", "cat", *args) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_voc_dataset_run_and_resume(tmp_path, run, capsys):
@@ -234,6 +250,12 @@ def test_a_calibrated_run_resumes_at_its_recorded_levels(tmp_path, run, capsys):
     (out / "levels.json").write_text('{"levels": {"theta": 0.3}}')
     assert run(*paths, *calibrate, "--out", out) == 2
     assert "not a record of --calibrate-levels" in capsys.readouterr().err
+    # An edited record whose levels could not come from calibration is refused too.
+    (out / "levels.json").write_text(json.dumps({**first["levels.json"], "levels": {
+        **first["levels.json"]["levels"], "theta": float("nan")}}))
+    assert run(*paths, *calibrate, "--out", out) == 2
+    assert "not a record of --calibrate-levels (ValueError: levels out of range" in (
+        capsys.readouterr().err)
     (out / ".levels.json.tmp-99999").write_text("a killed run's record")
     assert run(*paths, *calibrate, "--out", out, "--overwrite") == 0  # calibrates again
     assert comparable(out) == first  # the killed run's temporary is gone too

@@ -28,6 +28,8 @@ def test_clean_labels_drops_empty_and_repeated_names():
             "cat", "sofa", "potted plant"]
     with pytest.raises(ValueError, match="list of names"):
         clean_labels("cat,sofa")
+    with pytest.raises(ValueError, match="list of names or 'auto', got None"):
+        clean_labels(None)  # was a bare TypeError from jaxseg.segment(clip, image, None)
 
 
 def test_image_kinds_are_converted():

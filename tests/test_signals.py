@@ -152,6 +152,7 @@ def test_an_interrupted_run_waits_for_the_device_call_in_progress(dataset, tmp_p
     after throwing ...", SIGABRT) instead of exiting with its status. The run used to wait
     10 s for its threads and then exit, so a device call (or compile) longer than that,
     e.g. a batch of TTA views of ViT-B/16 on a CPU, ended an interrupted run in SIGABRT.
+    A second Ctrl-C while it waits used to escape the wait and lose the summary line.
     """
     root, common = dataset
     script = tmp_path / "slow_device_run.py"
@@ -168,12 +169,15 @@ def test_an_interrupted_run_waits_for_the_device_call_in_progress(dataset, tmp_p
         assert time.monotonic() < deadline, "no batch reached the device within 180 s"
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)  # impatient: the device call takes ~15 s
     status = process.wait(timeout=120)
     err = process.stderr.read().decode()
     process.stderr.close()
     assert status == 130, err
     assert finished.exists(), "the run exited inside the device call"
-    assert "Ctrl-C received: stopping" in err and "stopped by interrupt" in err, err
+    assert err.count("Ctrl-C received: stopping") == 2 and "stopped by interrupt" in err, err
+    assert "already complete" in err, err  # the summary line
 
 
 def test_a_worker_outlives_the_thread_that_started_it():

@@ -182,6 +182,8 @@ def _dataset(args):
     """The items of the run, from image paths or a dataset layout."""
     from jaxseg.run import datasets
 
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit must be >= 0, got {args.limit}")
     labels = _parse_labels(args.labels, args.vocab)
     if labels is not None and args.labels_file:
         raise UsageError("give either --labels or --labels-file, not both")
@@ -194,9 +196,9 @@ def _dataset(args):
             if args.labels_file:
                 raise UsageError("--dataset voc reads labels from the ground truth; drop "
                                  "--labels-file (or use --labels auto)")
-            dataset = datasets.voc_dataset(args.root, args.split, labels)
+            dataset = datasets.voc_dataset(args.root, args.split, labels, args.limit)
         else:
-            dataset = datasets.folder_dataset(args.root, labels, args.labels_file)
+            dataset = datasets.folder_dataset(args.root, labels, args.labels_file, args.limit)
     elif not args.images:
         raise UsageError("nothing to segment: give image files or --dataset voc|folder --root DIR")
     elif labels is None and not args.labels_file:
@@ -204,9 +206,7 @@ def _dataset(args):
     else:
         by_stem = datasets.read_labels_file(args.labels_file) if args.labels_file else None
         dataset = datasets.collect_items(args.images, labels, by_stem,
-                                         args.labels_file or "the labels file")
-    if args.limit is not None:
-        dataset.items = dataset.items[:max(0, args.limit)]
+                                         args.labels_file or "the labels file", args.limit)
     return dataset
 
 
@@ -239,6 +239,9 @@ def _config(args):
             config.refine, classifier=classifier))
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.refine_workers is not None and args.refine_workers < 0:
+        raise UsageError(f"--refine-workers must be >= 0 (0: refine in the main process), got "
+                         f"{args.refine_workers}")
     if args.labels is not None and args.labels.strip().lower() in ("auto", "all"):
         load_vocabulary(args.vocab)  # a bad --vocab is a usage error before any work
     if config.refine_mode == "crf":
@@ -275,11 +278,12 @@ def _segment(args, console: Console):
 
     from jaxseg.clip.handle import load_clip
     from jaxseg.run import calibration, plan, runner
-    from jaxseg.run.outputs import complete_stems
+    from jaxseg.run.outputs import check_out_dir, complete_stems
     from jaxseg.segmenter import Segmenter
 
     config = _config(args)
     dataset = _dataset(args)
+    check_out_dir(args.out)  # before the model loads: else every image would fail to write
     if args.max_devices is not None and args.max_devices < 1:
         raise UsageError(f"--max-devices must be >= 1, got {args.max_devices}")
     configure_compile_cache(None if args.no_compile_cache else args.compile_cache)
@@ -299,6 +303,10 @@ def _segment(args, console: Console):
     if args.overwrite:
         calibration.check_overwrite(args.out, stems, calibrate.count > 0)
     clip = load_clip(args.model, dtype=jax.numpy.dtype(args.dtype))
+    patch = clip.config.vision.patch_size
+    if config.resolved().view == "tta" and config.tta.input_size < patch:
+        raise UsageError(f"--input-size must be at least the model's patch size, {patch}; got "
+                         f"{config.tta.input_size}")
     segmenter = Segmenter(clip, config, sharding.data_mesh(args.max_devices))
     items, failures = plan.prepare_items(dataset.items, segmenter, console.warn)
     failures = dataset.failures + failures

@@ -9,7 +9,7 @@ with a warning. :func:`class_embeddings` embeds names with prompt ensembling.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -24,6 +24,8 @@ def clean_labels(labels: Sequence[str]) -> list[str]:
     """
     if isinstance(labels, str):
         raise ValueError(f"labels must be a list of names or 'auto', got the string {labels!r}")
+    if not isinstance(labels, Iterable):
+        raise ValueError(f"labels must be a list of names or 'auto', got {labels!r}")
     kept, seen = [], set()
     for label in labels:
         text = " ".join(str(label).split())

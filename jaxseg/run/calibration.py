@@ -109,6 +109,13 @@ def read_record(out_dir: str) -> Optional[dict]:
         record["background_score"] = float(record["background_score"])
         record["requested"] = int(record["requested"])
         record["coverage"] = float(record["coverage"])
+        theta, low, high = (record["levels"][name] for name in LEVEL_NAMES)
+        # Levels of rescaled maps: an edited or damaged record would refine every image
+        # to nothing (or fail deep in the run) without this.
+        if not (0.0 <= low < theta < high <= 1.0 and abs(record["background_score"]) <= 1.0
+                and 0.0 < record["coverage"] < 1.0 and record["requested"] >= 1):
+            raise ValueError("levels out of range (0 <= mu_bg < theta < mu_fg <= 1, "
+                             "|background_score| <= 1, coverage in (0, 1), requested >= 1)")
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise ValueError(f"{path}: not a record of --calibrate-levels ({type(error).__name__}: "
                          f"{error}); move it away, or pass --overwrite to redo this run's "

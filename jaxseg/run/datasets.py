@@ -2,7 +2,10 @@
 
 Every source yields :class:`Item` ``(stem, path, labels)``; outputs are named by
 the stem, so two inputs with the same stem cannot both be written and the second
-is reported as a failure. Problems with one image (no labels for it, unreadable
+is reported as a failure (the same file listed twice is segmented once), as is an input
+whose stem is another's with ``_overlay`` or ``_maps`` after it (its mask would take the
+name of the other's picture, ``jaxseg.run.outputs.EXTRAS``). ``limit`` keeps the first
+images of a listing before anything is read. Problems with one image (no labels for it, unreadable
 ground truth) become per-image failures of the run; problems with the whole
 dataset (missing split file, no ``images/`` folder, malformed labels file) raise
 :class:`DatasetError`.
@@ -29,8 +32,9 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from jaxseg.run.imageio import read_mask
 from jaxseg.labels.vocab import VOC_CLASSES
+from jaxseg.run.imageio import read_mask
+from jaxseg.run.outputs import EXTRAS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 Labels = Union[list, str]  # label names, or "auto"
@@ -81,7 +85,7 @@ def read_labels_file(path: str) -> dict[str, list[str]]:
 
 def collect_items(paths: Sequence[str], labels: Optional[Labels] = None,
                   labels_by_stem: Optional[Mapping[str, list]] = None,
-                  labels_source: str = "the labels file") -> Dataset:
+                  labels_source: str = "the labels file", limit: Optional[int] = None) -> Dataset:
     """Items for image paths, with the same labels for all or labels per stem.
 
     Args:
@@ -89,15 +93,26 @@ def collect_items(paths: Sequence[str], labels: Optional[Labels] = None,
       labels: labels shared by every image (a list or ``"auto"``).
       labels_by_stem: per-stem labels (used when ``labels`` is None).
       labels_source: how to name ``labels_by_stem`` in messages.
+      limit: only the first ``limit`` paths (None: all).
     """
     dataset, first_path = Dataset([]), {}
+    paths = paths[:limit]
+    stems = {os.path.splitext(os.path.basename(path))[0] for path in paths}
     for path in paths:
         stem = os.path.splitext(os.path.basename(path))[0]
         if stem in first_path:
-            dataset.failures.append((path, f"has the same output name {stem!r} as "
-                                           f"{first_path[stem]}; rename one of them"))
+            if os.path.realpath(path) != os.path.realpath(first_path[stem]):
+                dataset.failures.append((path, f"has the same output name {stem!r} as "
+                                               f"{first_path[stem]}; rename one of them"))
             continue
         first_path[stem] = path
+        clash = next((extra for extra in EXTRAS if stem.endswith(f"_{extra}")
+                      and stem[:-len(extra) - 1] in stems), None)
+        if clash:
+            dataset.failures.append((path, f"its mask {stem}.png would take the name of the "
+                                           f"{clash} picture of {stem[:-len(clash) - 1]}; "
+                                           f"rename the image"))
+            continue
         if labels is not None:
             dataset.items.append(Item(stem, path, labels))
         elif labels_by_stem is not None and stem in labels_by_stem:
@@ -108,13 +123,14 @@ def collect_items(paths: Sequence[str], labels: Optional[Labels] = None,
 
 
 def folder_dataset(root: str, labels: Optional[Labels] = None,
-                   labels_file: Optional[str] = None) -> Dataset:
+                   labels_file: Optional[str] = None, limit: Optional[int] = None) -> Dataset:
     """The ``folder`` layout (see the module docstring).
 
     Args:
       root: folder holding ``images/``.
       labels: labels for every image (a list or ``"auto"``) instead of a labels file.
       labels_file: per-stem labels; default ``ROOT/labels.json`` when neither is given.
+      limit: only the first ``limit`` images in name order (None: all).
     """
     images_dir = os.path.join(root, "images")
     if not os.path.isdir(images_dir):
@@ -125,14 +141,14 @@ def folder_dataset(root: str, labels: Optional[Labels] = None,
     if not paths:
         raise DatasetError(f"{images_dir} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
     if labels is not None:
-        return collect_items(paths, labels=labels)
+        return collect_items(paths, labels=labels, limit=limit)
     if labels_file is None:
         labels_file = os.path.join(root, "labels.json")
         if not os.path.isfile(labels_file):
             raise DatasetError(f"no labels for {root}: it has no labels.json; pass --labels-file "
                                "FILE, --labels a,b or --labels auto")
     return collect_items(paths, labels_by_stem=read_labels_file(labels_file),
-                         labels_source=labels_file)
+                         labels_source=labels_file, limit=limit)
 
 
 def voc_mask_labels(mask_path: str) -> list[str]:
@@ -168,20 +184,22 @@ def voc_annotation_labels(xml_path: str) -> list[str]:
     return sorted(names, key=lambda name: order.get(name, len(order)))  # stable: ties keep file order
 
 
-def voc_dataset(root: str, split: str = "val", labels: Optional[Labels] = None) -> Dataset:
+def voc_dataset(root: str, split: str = "val", labels: Optional[Labels] = None,
+                limit: Optional[int] = None) -> Dataset:
     """The ``voc`` layout (see the module docstring).
 
     Args:
       root: ``VOCdevkit/VOC2012`` (or a folder laid out the same way).
       split: name of the list in ``ImageSets/Segmentation`` (``train``, ``val``, ...).
       labels: labels for every image (e.g. ``"auto"``) instead of the ground truth.
+      limit: only the first ``limit`` images of the split (None: all).
     """
     split_file = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
     if not os.path.isfile(split_file):
         raise DatasetError(f"{root} is not a VOC2012 folder with a {split!r} split: "
                            f"{split_file} is missing (pass --root VOCdevkit/VOC2012)")
     with open(split_file, encoding="utf-8") as handle:
-        ids = [line.strip() for line in handle if line.strip()]
+        ids = [line.strip() for line in handle if line.strip()][:limit]
     dataset = Dataset([])
     for image_id in ids:
         path = os.path.join(root, "JPEGImages", f"{image_id}.jpg")

@@ -22,6 +22,19 @@ from jaxseg.run.heatmaps import write_heatmaps
 EXTRAS = ("overlay", "maps")
 
 
+def check_out_dir(out_dir: str) -> None:
+    """Raises ValueError, naming ``--out``, unless ``out_dir`` is, or can be made as, a
+    folder this user can write to."""
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"--out {out_dir}: {existing} is a file, not a folder; pass a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out_dir}: {existing} is not writable; pass a folder you can "
+                         f"write to")
+
+
 def output_names(stem: str, extras: Sequence[str] = ()) -> list[str]:
     """The file names of one output, in writing order (the JSON sidecar last)."""
     return ([f"{stem}.png"] + [f"{stem}_{extra}.png" for extra in EXTRAS if extra in extras]

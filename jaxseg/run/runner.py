@@ -182,6 +182,16 @@ def _collect(segmenter: Segmenter, handoff: queue.Queue, jobs: queue.Queue,
         _put(jobs, _DONE, stop)
 
 
+def _despite_interrupts(action: Callable[[], None]) -> None:
+    """Runs ``action`` to its end: once a run is stopping, a second Ctrl-C or SIGTERM while it
+    finishes its writes and joins its threads would otherwise lose the summary."""
+    while True:
+        try:
+            return action()
+        except KeyboardInterrupt:
+            continue
+
+
 def run_dataset(batches: Sequence[list[Item]], segmenter: Segmenter, out_dir: str,
                 batch_size: int, *, model_name: str = "", extras: Sequence[str] = (),
                 overwrite: bool = False, make_progress: Optional[Callable[[int], object]] = None,
@@ -244,8 +254,9 @@ def run_dataset(batches: Sequence[list[Item]], segmenter: Segmenter, out_dir: st
 
     def drain(block: bool) -> None:
         while writes and (block or writes[0][1].done() or len(writes) > 2 * _WRITERS):
-            slot, future = writes.popleft()
-            error = future.exception()
+            slot, future = writes[0]
+            error = future.exception()  # popped after the wait, which a Ctrl-C may cut short
+            writes.popleft()
             if error is None:
                 slot.timings = future.result()
             finish(slot, error)
@@ -292,11 +303,11 @@ def run_dataset(batches: Sequence[list[Item]], segmenter: Segmenter, out_dir: st
             drain(block=True)
     except KeyboardInterrupt as interrupt:
         summary.interrupted = interrupt
-        drain(block=True)
+        _despite_interrupts(lambda: drain(block=True))
     finally:
         stop.set()
         for thread in threads:
-            thread.join()
+            _despite_interrupts(thread.join)
         if progress is not None:
             progress.close()
     summary.wall_seconds = time.perf_counter() - started
