@@ -101,15 +101,20 @@ def test_collect_items_reports_stem_clashes():
                                             "rename one of them")]
 
 
-def test_collect_items_segments_a_repeated_file_once_and_refuses_picture_names():
-    dataset = datasets.collect_items(["a.jpg", "./a.jpg", "a_overlay.png", "a_maps.png",
-                                      "b_maps.png"], labels=["cat"])
-    # a_overlay.png and a_maps.png are the names of a's pictures: their masks would
-    # overwrite them (or be overwritten); b_maps has no b beside it.
-    assert [item.stem for item in dataset.items] == ["a", "b_maps"]
-    assert [(path, reason.split(";")[0]) for path, reason in dataset.failures] == [
-        ("a_overlay.png", "its mask a_overlay.png would take the name of the overlay picture of a"),
-        ("a_maps.png", "its mask a_maps.png would take the name of the maps picture of a")]
+def test_a_repeated_file_is_segmented_once_and_pictures_never_take_a_masks_name():
+    paths = ["a.jpg", "./a.jpg", "a_overlay.png", "a_maps.png", "b_maps.png", "c.png"]
+    by_stem = {"a": ["cat"], "a_overlay": ["cat"], "a_maps": ["dog"], "b_maps": ["cat"]}
+    dataset = datasets.collect_items(paths, labels_by_stem=by_stem)
+    assert [item.stem for item in dataset.items] == ["a", "a_overlay", "a_maps", "b_maps"]
+    assert dataset.failures == [("c.png", "no labels for 'c' in the labels file")]
+    datasets.refuse_picture_clashes(dataset, [])  # no picture asked for: nothing clashes
+    assert len(dataset.items) == 4
+    # a's overlay picture would overwrite image a_overlay's mask (written now or by an
+    # earlier run): a is refused; b_maps has no b beside it.
+    datasets.refuse_picture_clashes(dataset, ["overlay"])
+    assert [item.stem for item in dataset.items] == ["a_overlay", "a_maps", "b_maps"]
+    assert dataset.failures[-1] == ("a.jpg", "its overlay picture a_overlay.png would take the "
+                                             "name of the mask of image a_overlay; rename one of them")
 
 
 def test_limit_keeps_the_first_images_of_the_listing_and_only_their_failures(tmp_path):

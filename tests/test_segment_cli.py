@@ -161,6 +161,7 @@ def test_an_unusable_out_folder_or_input_size_exits_2_before_any_image(tmp_path,
     for args, message in (
             (["--out", tmp_path / "afile"], "afile is a file, not a folder; pass a folder"),
             (["--out", tmp_path / "afile" / "sub"], "afile is a file, not a folder"),
+            (["--out", " "], "--out is empty; pass a folder"),
             (["--input-size", 4, "--out", tmp_path / "out"],
              "--input-size must be at least the model's patch size")):
         assert run(*paths, "--labels", "cat", *args) == 2

@@ -200,3 +200,26 @@ def test_a_worker_outlives_the_thread_that_started_it():
         starter.join()
         time.sleep(1.0)  # twice the parent watcher's poll
         assert executor.submit(os.getpid).result(timeout=60) == first["pid"]
+
+
+def test_a_stopping_run_lets_a_second_interrupt_pass_but_not_a_third():
+    from jaxseg.run.runner import RunSummary, _wait_through
+
+    def impatient(presses):
+        """A wait cut short by ``presses`` interrupts, then done."""
+        left = [presses]
+
+        def wait():
+            if left[0]:
+                left[0] -= 1
+                raise KeyboardInterrupt()
+        return wait
+
+    stopping = RunSummary(interrupted=KeyboardInterrupt())
+    _wait_through([impatient(1), impatient(0)], stopping)  # the second press waits on
+    with pytest.raises(KeyboardInterrupt):
+        _wait_through([impatient(1), impatient(1)], RunSummary(interrupted=KeyboardInterrupt()))
+    # A run that was not stopping counts the first press as its stop, and reports it.
+    finished = RunSummary()
+    _wait_through([impatient(2)], finished)
+    assert isinstance(finished.interrupted, KeyboardInterrupt)

@@ -24,33 +24,32 @@ Per image ``<stem>`` it writes, in ``--out``:
   titled panel per label.
 
 Methods: ``--method chefer`` (default; TTA views, jaxseg's refinement), ``clip-es`` and
-``naclip`` (each on its authors' single native-resolution view, prompts, background
-names and scoring), or an ensemble such as ``chefer+naclip``. ``--view tta|native``
-overrides the view, ``--refine graphcut|crf|none`` the last stage (``crf`` is CLIP-ES's
-dense CRF and needs ``pip install 'jaxseg[crf]'``). ``--preset`` reproduces an author's
-pseudo-labels end to end: ``clip-es`` (VOC; with their CRF), ``clip-es-coco``, ``naclip``
-(VOC21: PAMR, no further refinement).
+``naclip`` (each on its authors' single native-resolution view, prompts, background names
+and scoring), or an ensemble such as ``chefer+naclip``. ``--view tta|native`` overrides the
+view, ``--refine graphcut|crf|none`` the last stage (``crf`` is CLIP-ES's dense CRF and
+needs ``pip install 'jaxseg[crf]'``). ``--preset`` reproduces an author's pseudo-labels end
+to end: ``clip-es`` (VOC; with their CRF), ``clip-es-coco``, ``naclip`` (VOC21: PAMR, no
+further refinement).
 
 Refinement levels: a graph-cut run of 50 images or more first calibrates the levels at
 which every image's maps are read on up to 100 of its images (``levels.json``; see
 ``jaxseg.run.calibration``); ``--calibrate-levels 0`` reads each image at its own.
 
-Images: any format PIL reads, shown as a viewer shows them (EXIF orientation
-applied; grey, palette, CMYK and 16-bit converted to RGB, 16-bit values scaled by
-65535; transparency over white), from 1 px up to 8192 x 8192 px.
+Images: any format PIL reads, shown as a viewer shows them (EXIF orientation applied; grey,
+palette, CMYK and 16-bit converted to RGB, 16-bit values scaled by 65535; transparency over
+white), from 1 px up to 8192 x 8192 px.
 
-Labels: commas separate names; surrounding spaces are stripped, empty names and
-repeats (same name up to case, spacing and VOC/COCO spelling) are dropped with a
-warning; an image left with no label is all background. A label whose prompt
-would not fit CLIP's 77-token context is cut to its longest fitting word prefix
-(with a warning).
+Labels: commas separate names; surrounding spaces are stripped, empty names and repeats
+(same name up to case, spacing and VOC/COCO spelling) are dropped with a warning; an image
+left with no label is all background. A label whose prompt would not fit CLIP's 77-token
+context is cut to its longest fitting word prefix (with a warning).
 
-Runs are resumable: every file is written under a temporary name and renamed,
-the JSON last, and an image whose outputs all exist is skipped (``--overwrite``
-redoes it). Unreadable inputs are reported one line each and in a summary; the
-run goes on. Exit status: 0 all written, 1 some inputs failed, 2 usage or
-configuration error (bad --model, labels file or dataset layout), 130 after Ctrl-C,
-143 after SIGTERM (finished images kept, no partial file, the summary line printed).
+Runs are resumable: every file is written under a temporary name and renamed, the JSON last,
+and an image whose outputs all exist is skipped (``--overwrite`` redoes it). Unreadable
+inputs are reported one line each and in a summary; the run goes on. Exit status: 0 all
+written, 1 some inputs failed, 2 usage or configuration error (bad --model, labels file or
+dataset layout), 130 after Ctrl-C, 143 after SIGTERM (finished images kept, no partial file,
+the summary line printed).
 """
 
 from __future__ import annotations
@@ -277,12 +276,14 @@ def _segment(args, console: Console):
     from jaxseg.run import sharding
 
     from jaxseg.clip.handle import load_clip
-    from jaxseg.run import calibration, plan, runner
+    from jaxseg.run import calibration, datasets, plan, runner
     from jaxseg.run.outputs import check_out_dir, complete_stems
     from jaxseg.segmenter import Segmenter
 
     config = _config(args)
     dataset = _dataset(args)
+    extras = [name for name, on in (("overlay", args.overlay), ("maps", args.heatmaps)) if on]
+    datasets.refuse_picture_clashes(dataset, extras)
     check_out_dir(args.out)  # before the model loads: else every image would fail to write
     if args.max_devices is not None and args.max_devices < 1:
         raise UsageError(f"--max-devices must be >= 1, got {args.max_devices}")
@@ -304,7 +305,7 @@ def _segment(args, console: Console):
         calibration.check_overwrite(args.out, stems, calibrate.count > 0)
     clip = load_clip(args.model, dtype=jax.numpy.dtype(args.dtype))
     patch = clip.config.vision.patch_size
-    if config.resolved().view == "tta" and config.tta.input_size < patch:
+    if config.tta.input_size < patch:  # also the automatic labels' views, on any view
         raise UsageError(f"--input-size must be at least the model's patch size, {patch}; got "
                          f"{config.tta.input_size}")
     segmenter = Segmenter(clip, config, sharding.data_mesh(args.max_devices))
@@ -343,8 +344,7 @@ def _segment(args, console: Console):
         console.failure(path, reason)
     summary = runner.run_dataset(
         batches, segmenter, args.out, batch_size, model_name=args.model,
-        extras=[name for name, wanted in (("overlay", args.overlay), ("maps", args.heatmaps))
-                if wanted],
+        extras=extras,
         overwrite=args.overwrite, make_progress=console.progress, report=console.failure,
         refine_workers=args.refine_workers)
     console.bar = None

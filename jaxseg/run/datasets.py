@@ -3,12 +3,11 @@
 Every source yields :class:`Item` ``(stem, path, labels)``; outputs are named by
 the stem, so two inputs with the same stem cannot both be written and the second
 is reported as a failure (the same file listed twice is segmented once), as is an input
-whose stem is another's with ``_overlay`` or ``_maps`` after it (its mask would take the
-name of the other's picture, ``jaxseg.run.outputs.EXTRAS``). ``limit`` keeps the first
-images of a listing before anything is read. Problems with one image (no labels for it, unreadable
-ground truth) become per-image failures of the run; problems with the whole
-dataset (missing split file, no ``images/`` folder, malformed labels file) raise
-:class:`DatasetError`.
+whose picture would take the name of another's mask (:func:`refuse_picture_clashes`).
+``limit`` keeps the first images of a listing before anything is read. Problems with one
+image (no labels for it, unreadable ground truth) become per-image failures of the run;
+problems with the whole dataset (missing split file, no ``images/`` folder, malformed
+labels file) raise :class:`DatasetError`.
 
 Layouts:
 
@@ -96,9 +95,7 @@ def collect_items(paths: Sequence[str], labels: Optional[Labels] = None,
       limit: only the first ``limit`` paths (None: all).
     """
     dataset, first_path = Dataset([]), {}
-    paths = paths[:limit]
-    stems = {os.path.splitext(os.path.basename(path))[0] for path in paths}
-    for path in paths:
+    for path in paths[:limit]:
         stem = os.path.splitext(os.path.basename(path))[0]
         if stem in first_path:
             if os.path.realpath(path) != os.path.realpath(first_path[stem]):
@@ -106,13 +103,6 @@ def collect_items(paths: Sequence[str], labels: Optional[Labels] = None,
                                                f"{first_path[stem]}; rename one of them"))
             continue
         first_path[stem] = path
-        clash = next((extra for extra in EXTRAS if stem.endswith(f"_{extra}")
-                      and stem[:-len(extra) - 1] in stems), None)
-        if clash:
-            dataset.failures.append((path, f"its mask {stem}.png would take the name of the "
-                                           f"{clash} picture of {stem[:-len(clash) - 1]}; "
-                                           f"rename the image"))
-            continue
         if labels is not None:
             dataset.items.append(Item(stem, path, labels))
         elif labels_by_stem is not None and stem in labels_by_stem:
@@ -120,6 +110,27 @@ def collect_items(paths: Sequence[str], labels: Optional[Labels] = None,
         else:
             dataset.failures.append((path, f"no labels for {stem!r} in {labels_source}"))
     return dataset
+
+
+def refuse_picture_clashes(dataset: Dataset, extras: Sequence[str]) -> None:
+    """Moves to ``dataset.failures`` every item whose picture (``<stem>_overlay.png`` or
+    ``<stem>_maps.png``, for the ``extras`` asked for) has the name of another item's mask.
+
+    The item with the picture is the one refused, so a mask an earlier run wrote under that
+    name is never overwritten; the other item is segmented as usual.
+    """
+    stems = {item.stem for item in dataset.items}
+    kept = []
+    for item in dataset.items:
+        clash = next((extra for extra in EXTRAS if extra in extras
+                      and f"{item.stem}_{extra}" in stems), None)
+        if clash:
+            dataset.failures.append((item.path, f"its {clash} picture {item.stem}_{clash}.png "
+                                                f"would take the name of the mask of image "
+                                                f"{item.stem}_{clash}; rename one of them"))
+        else:
+            kept.append(item)
+    dataset.items = kept
 
 
 def folder_dataset(root: str, labels: Optional[Labels] = None,

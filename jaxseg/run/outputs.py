@@ -25,7 +25,9 @@ EXTRAS = ("overlay", "maps")
 def check_out_dir(out_dir: str) -> None:
     """Raises ValueError, naming ``--out``, unless ``out_dir`` is, or can be made as, a
     folder this user can write to."""
-    existing = os.path.abspath(out_dir)
+    if not out_dir.strip():
+        raise ValueError("--out is empty; pass a folder")
+    existing = os.path.realpath(out_dir)  # as os.makedirs will follow its links
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):

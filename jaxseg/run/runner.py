@@ -25,6 +25,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import os
 import queue
 import threading
@@ -182,14 +183,22 @@ def _collect(segmenter: Segmenter, handoff: queue.Queue, jobs: queue.Queue,
         _put(jobs, _DONE, stop)
 
 
-def _despite_interrupts(action: Callable[[], None]) -> None:
-    """Runs ``action`` to its end: once a run is stopping, a second Ctrl-C or SIGTERM while it
-    finishes its writes and joins its threads would otherwise lose the summary."""
-    while True:
-        try:
-            return action()
-        except KeyboardInterrupt:
-            continue
+def _wait_through(waits: Sequence[Callable[[], None]], summary: RunSummary) -> None:
+    """Runs each wait to its end. Once the run is stopping (``summary.interrupted``), a
+    second Ctrl-C or SIGTERM is let pass, so that the run still finishes its writes and
+    reports its summary; a third ends the wait (a hung thread must not make the run
+    unstoppable)."""
+    presses = 1 if summary.interrupted else 0
+    for wait in waits:
+        while True:
+            try:
+                wait()
+                break
+            except KeyboardInterrupt as interrupt:
+                summary.interrupted = summary.interrupted or interrupt
+                presses += 1
+                if presses > 2:
+                    raise
 
 
 def run_dataset(batches: Sequence[list[Item]], segmenter: Segmenter, out_dir: str,
@@ -303,11 +312,10 @@ def run_dataset(batches: Sequence[list[Item]], segmenter: Segmenter, out_dir: st
             drain(block=True)
     except KeyboardInterrupt as interrupt:
         summary.interrupted = interrupt
-        _despite_interrupts(lambda: drain(block=True))
     finally:
         stop.set()
-        for thread in threads:
-            _despite_interrupts(thread.join)
+        _wait_through([functools.partial(drain, True)] * bool(summary.interrupted)
+                      + [thread.join for thread in threads], summary)
         if progress is not None:
             progress.close()
     summary.wall_seconds = time.perf_counter() - started
