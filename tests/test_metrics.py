@@ -225,6 +225,16 @@ def test_cli_error_is_one_line_with_nonzero_exit(tmp_path):
         "pass an existing folder"]
 
 
+def test_an_unwritable_json_path_is_refused_before_scoring(voc_dirs, tmp_path, capsys):
+    pred_dir, gt_dir = voc_dirs
+    for target in (tmp_path / "missing" / "scores.json", tmp_path):
+        assert main(["--pred", str(pred_dir), "--gt", str(gt_dir), "--json", str(target)]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.strip().splitlines() == [
+            f"jaxseg.evaluate: error: --json {target}: cannot write a file there; pass a file "
+            f"path in an existing folder you can write to"]
+
+
 def test_main_errors_return_1_and_debug_shows_traceback(voc_dirs, capsys):
     # In-process: each subprocess pays for importing jax through jaxseg/__init__.py.
     pred_dir, gt_dir = voc_dirs

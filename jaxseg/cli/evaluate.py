@@ -13,12 +13,13 @@ scored, 1 an input could not be scored (one line saying which and why).
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import traceback
 from typing import Sequence
 
 from jaxseg.metrics import evaluate
+from jaxseg.run.imageio import write_json
 
 
 def format_table(result: dict) -> str:
@@ -61,13 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the scores to this JSON file")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     args = parser.parse_args(argv)
+    # Checked before the scoring, which can take minutes, rather than failing after it.
+    if args.json and (os.path.isdir(args.json) or not os.access(
+            os.path.dirname(os.path.abspath(args.json)), os.W_OK | os.X_OK)):
+        print(f"jaxseg.evaluate: error: --json {args.json}: cannot write a file there; pass a "
+              f"file path in an existing folder you can write to", file=sys.stderr)
+        return 1
     try:
         result = evaluate(args.pred, args.gt, args.classes, args.ignore,
                           on_warning=lambda message: print(f"warning: {message}", file=sys.stderr))
         print(format_table(result))
         if args.json:
-            with open(args.json, "w", encoding="utf-8") as handle:
-                json.dump(result, handle, indent=1)
+            write_json(args.json, result)  # atomically: never a half-written file
     except (ValueError, OSError) as error:
         if args.debug:
             traceback.print_exc()
