@@ -314,8 +314,10 @@ def run_dataset(batches: Sequence[list[Item]], segmenter: Segmenter, out_dir: st
         summary.interrupted = interrupt
     finally:
         stop.set()
-        _wait_through([functools.partial(drain, True)] * bool(summary.interrupted)
-                      + [thread.join for thread in threads], summary)
+        waits = [thread.join for thread in threads]
+        if summary.interrupted:  # the writes the interrupt left unaccounted, first
+            waits.insert(0, functools.partial(drain, True))
+        _wait_through(waits, summary)
         if progress is not None:
             progress.close()
     summary.wall_seconds = time.perf_counter() - started

@@ -7,12 +7,13 @@ own, so no step needs data from another image or another host. The layout follow
   round-robin among this process's local devices, each running the same compiled
   single-device program on its own batch (no SPMD partitioning, no collectives), so an
   image's mask does not depend on the device count.
-- **Several hosts** (:func:`initialize_distributed`, :func:`barrier`):
+- **Several hosts** (:func:`initialize_distributed`, :func:`all_processes`):
   ``jax.distributed.initialize`` connects the processes; each runs a disjoint share of the
   planned batches (``jaxseg.run.plan``) on its *own* devices. A global mesh would make
   every batch a cross-host program and gain nothing, since no result crosses images. The
-  only cross-host operation is the final :func:`barrier`, which every process reaches
-  also after an error.
+  only cross-host operation is the final :func:`all_processes` (a :func:`barrier` that
+  also tells whether every process completed), which every process reaches also after an
+  error.
 - **Launchers**: SLURM and Open MPI start one process per node (all its GPUs) or one per
   GPU; :func:`local_device_ids` tells ``jax.distributed`` which, since by itself it gives
   every process the one GPU of its local rank. Cloud TPU VMs are found through JAX's own
@@ -206,6 +207,6 @@ def all_processes(name: str, flag: bool, timeout_s: int = BARRIER_TIMEOUT_S) -> 
 
     client = distributed.global_state.client
     client.key_value_set(f"{name}/{jax.process_index()}", "1" if flag else "0")
-    client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+    barrier(name, timeout_s)
     flags = [value for _, value in client.key_value_dir_get(f"{name}/")]
     return len(flags) == jax.process_count() and all(value == "1" for value in flags)
