@@ -29,7 +29,7 @@ _EXPORTS = {
     "RefineConfig": "jaxseg.refinement.config",
     "SegmentConfig": "jaxseg.config",
     "Segmenter": "jaxseg.segmenter",
-    "SegmentResult": "jaxseg.segmenter",
+    "SegmentResult": "jaxseg.results",
     "segment": "jaxseg.segmenter",
     "segment_batch": "jaxseg.segmenter",
     "evaluate": "jaxseg.metrics",

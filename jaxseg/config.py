@@ -10,8 +10,10 @@ line).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Optional
 
+from jaxseg.checks import store_tuple
 from jaxseg.labels import presets
 from jaxseg.labels.autolabel import AutoLabelConfig
 from jaxseg.maps.config import RelevanceConfig
@@ -43,6 +45,17 @@ class PromptConfig:
     names: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self):
+        # Tuples, so that lists given here keep the config hashable (a jit argument).
+        for name in ("templates", "background"):
+            if isinstance(getattr(self, name), str) or getattr(self, name) is None:
+                raise ValueError(f"PromptConfig.{name} must be a sequence of strings, got "
+                                 f"{getattr(self, name)!r}")
+            store_tuple(self, name, "str")
+        names = self.names.items() if isinstance(self.names, Mapping) else self.names
+        if any(isinstance(queries, str) for _, queries in names):
+            raise ValueError(f"PromptConfig.names pairs a class name with a sequence of "
+                             f"queries, got {self.names!r}")
+        object.__setattr__(self, "names", tuple((name, tuple(queries)) for name, queries in names))
         if not self.templates or not all(t.count("{}") == 1 for t in self.templates):
             raise ValueError(f"PromptConfig.templates must be non-empty, each with exactly one "
                              f"'{{}}', got {self.templates}")
@@ -70,6 +83,13 @@ def method_defaults(relevance: RelevanceConfig) -> dict:
 
 def _names(table) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(sorted(table.items()))
+
+
+# SegmentConfig's stage settings and their types; None takes the method's for _DEFAULTED.
+_STAGE_CONFIGS = {"relevance": RelevanceConfig, "tta": TTAConfig, "native": NativeConfig,
+                  "prompts": PromptConfig, "scoring": ScoreConfig, "refine": RefineConfig,
+                  "crf": CRFConfig, "auto": AutoLabelConfig}
+_DEFAULTED = ("native", "prompts", "scoring")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +125,11 @@ class SegmentConfig:
     use_features: bool = True
 
     def __post_init__(self):
+        for name, kind in _STAGE_CONFIGS.items():
+            value = getattr(self, name)
+            if not (isinstance(value, kind) or value is None and name in _DEFAULTED):
+                raise ValueError(f"SegmentConfig.{name} must be a {kind.__name__}"
+                                 f"{' or None' if name in _DEFAULTED else ''}, got {value!r}")
         if self.view is not None and self.view not in VIEWS:
             raise ValueError(f"SegmentConfig.view must be one of {VIEWS}, got {self.view!r}")
         if self.refine_mode not in REFINE_MODES:

@@ -40,53 +40,18 @@ from jaxseg.refinement.config import RefineConfig
 from jaxseg.refinement.crf import dense_crf
 from jaxseg.refinement.refine import cut_unaries, lay_batch
 from jaxseg.refinement.unaries import batch_unaries_program
+from jaxseg.results import DeviceOutput, SegmentResult
 
 Labels = Union[Sequence[str], str]
 
 
-@dataclasses.dataclass
-class SegmentResult:
-    """Output of ``segment``.
-
-    Attributes:
-      mask: int32 ``[H, W]``: 0 background, ``i + 1`` = ``labels[i]``.
-      scores: float32 ``[K, H, W]`` label scores in image coordinates, in [0, 1] (the
-        method's maps, scored by ``config.scoring``).
-      labels: the labels used, in order (after cleaning or automatic labelling).
-      timings: seconds per stage (``relevance``, ``refine``; ``auto_labels`` if used).
-      label_scores: for automatic labels, the probability of each chosen label.
-    """
-
-    mask: np.ndarray
-    scores: np.ndarray
-    labels: list[str]
-    timings: dict[str, float]
-    label_scores: Optional[list[float]] = None
-
-
-@dataclasses.dataclass
-class DeviceOutput:
-    """What the device stage hands the host stage for one image (picklable).
-
-    Attributes:
-      labels: the labels segmented (prepared, or picked automatically).
-      scores: float32 ``[K, H, W]`` label scores in image coordinates, in [0, 1] (None
-        when the batch was dispatched without ``keep_maps``).
-      background: float32 ``[H, W]`` the method's background score (``jaxseg.maps.scoring``).
-      unaries: float16 ``[K + 1, h, w]`` the graph cut's probabilities at refinement size
-        (``jaxseg.refinement.unaries``; refine mode ``"graphcut"`` only).
-      made_with: the refinement settings the unaries were computed with (cut under no other).
-      label_scores: for automatic labels, each chosen label's score.
-      timings: seconds per stage so far.
-    """
-
-    labels: list[str]
-    scores: Optional[np.ndarray] = None
-    background: Optional[np.ndarray] = None
-    unaries: Optional[np.ndarray] = None
-    made_with: Optional[RefineConfig] = None
-    label_scores: Optional[list[float]] = None
-    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+def check_label_entries(images: Sequence[np.ndarray], labels: Sequence[Labels]) -> None:
+    """Raises ValueError unless ``labels`` holds one entry (names or ``"auto"``) per image
+    (``zip`` would drop the images past the shorter list without a word)."""
+    if isinstance(labels, str) or len(labels) != len(images):
+        given = "a string" if isinstance(labels, str) else f"{len(labels)} label entries"
+        raise ValueError(f"labels must hold one list of names or 'auto' per image: got {given} "
+                         f"for {len(images)} image(s)")
 
 
 def refine_mask(image: np.ndarray, output: DeviceOutput,
@@ -181,12 +146,6 @@ class Segmenter:
                 self.clip.config.text.max_position_embeddings)
         return list(self._prepared[key])
 
-    def label_embeddings(self, labels: Sequence[str]) -> np.ndarray:
-        """``[K, P]`` prompt-ensembled embeddings of prepared labels as written."""
-        if not labels:
-            return np.zeros((0, self.clip.config.projection_dim), np.float32)
-        return np.stack([self._embed(label) for label in labels])
-
     def _queries(self, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Query embeddings ``[Q, P]`` of labels (each label's names in the method's table,
         then the background names of the softmax rule) and each query's owner ``[Q]``."""
@@ -272,6 +231,7 @@ class Segmenter:
         only the unaries are needed (a dataset run without heat maps); ``unaries=False``
         computes the maps alone (e.g. to calibrate the refinement's levels on them)."""
         started = time.perf_counter()
+        check_label_entries(images, labels)
         outputs = [DeviceOutput([] if isinstance(wanted, str) else self.prepare_labels(wanted))
                    for wanted in labels]
         wanted_auto = [i for i, wanted in enumerate(labels) if isinstance(wanted, str)]
@@ -340,8 +300,12 @@ class Segmenter:
 
         Returns:
           One :class:`DeviceOutput` per image; images without labels skip the device.
+
+        Raises:
+          ValueError: when there is not one label entry per image.
         """
-        size = batch_size or len(images)
+        check_label_entries(images, labels)
+        size = batch_size or max(len(images), 1)
         batches = [self.dispatch(images[start:start + size], labels[start:start + size], size,
                                  index, unaries=unaries)
                    for index, start in enumerate(range(0, len(images), size))]
@@ -389,8 +353,8 @@ def segment(clip, image: np.ndarray, labels: Labels,
       clip: a ``jaxseg.CLIP`` from ``load_clip``.
       image: ``[H, W, 3]`` uint8 RGB (grey, RGBA, uint16 and float are converted).
       labels: class names present in the image, or ``"auto"`` to pick them from
-        ``config.auto.vocabulary`` with CLIP. Empty and repeated names are dropped and
-        names too long for CLIP's prompt shortened, with a warning.
+        ``config.auto.vocabulary`` with CLIP. Empty and repeated names (aliases of one
+        class included) are dropped and names too long for CLIP's prompt shortened.
       config: every stage's settings.
 
     Returns:

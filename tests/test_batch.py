@@ -1,6 +1,7 @@
 """The relevance stage on whole images: TTA scores, batches, compiles (``jaxseg.maps``)."""
 
 import numpy as np
+import pytest
 
 import jaxseg
 from jaxseg.labels.presets import DEFAULT_TEMPLATES
@@ -20,6 +21,24 @@ def test_tta_scores_cover_image_in_unit_range(tiny_clip):
     assert np.all(scores.max(axis=(1, 2)) > 0.9)
     empty = jaxseg.relevance_tta(tiny_clip, image, texts[:0], SMALL_TTA)
     assert empty.shape == (0, 40, 70)
+
+
+def test_relevance_and_its_tta_form_refuse_the_same_background_embeddings(tiny_clip):
+    # relevance_tta used to fail inside its program on a wrong width and ignore embeddings
+    # a method does not take; both calls now check them alike.
+    image = (np.random.RandomState(8).rand(40, 70, 3) * 255).astype(np.uint8)
+    pixels = np.zeros((1, 32, 32, 3), np.float32)
+    texts = jaxseg.class_embeddings(tiny_clip, ["cat"], DEFAULT_TEMPLATES)
+    clip_es, naclip = jaxseg.RelevanceConfig(method="clip-es"), jaxseg.RelevanceConfig(method="naclip")
+    for call, name, argument in ((jaxseg.relevance, "relevance", pixels),
+                                 (jaxseg.relevance_tta, "relevance_tta", image)):
+        with pytest.raises(ValueError, match=rf"{name} expects background_embeds \[M, 24\]"):
+            call(tiny_clip, argument, texts, config=clip_es,
+                 background_embeds=np.zeros((3, 5), np.float32))
+        with pytest.raises(ValueError, match=f"{name}: clip-es needs background_embeds"):
+            call(tiny_clip, argument, texts, config=clip_es)
+        with pytest.raises(ValueError, match=f"{name}: background_embeds mean nothing"):
+            call(tiny_clip, argument, texts, config=naclip, background_embeds=texts)
 
 
 def test_new_image_size_does_not_recompile(tiny_clip):

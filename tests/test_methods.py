@@ -14,7 +14,7 @@ from jaxseg.labels.presets import IMAGENET_TEMPLATES, NACLIP_BACKGROUND
 from jaxseg.maps import native as native_lib
 from jaxseg.maps.native import NativeConfig, view_size
 from jaxseg.maps.scoring import ScoreConfig, label_map, score_maps
-from jaxseg.refinement.crf import clip_es_image
+from jaxseg.refinement.crf import clip_es_image, dense_crf
 from compile_cache import CACHE_ARGS
 
 SMALL_TTA = jaxseg.TTAConfig(input_size=32, canvas_size=64)
@@ -105,6 +105,17 @@ def test_crf_image_is_bgr_minus_the_mean_wrapped_to_uint8():
     image = np.array([[[0, 120, 255]]], np.uint8)  # RGB; BGR = (255, 120, 0)
     # 255 - 104.008 = 150.99 -> 150; 120 - 116.669 = 3.33 -> 3; 0 - 122.675 -> -122 -> 134.
     np.testing.assert_array_equal(clip_es_image(image), [[[150, 3, 134]]])
+
+
+def test_dense_crf_takes_read_only_images():
+    # np.asarray of a PIL image is read-only, and pydensecrf refused such a buffer, so
+    # --refine crf failed on every decoded photo.
+    image = scene()
+    image.setflags(write=False)
+    scores = np.zeros((1, 48, 64), np.float32)
+    scores[0, 12:36, 16:32] = 0.9
+    mask = dense_crf(image, scores, 1 - scores.max(axis=0))
+    assert mask[24, 24] == 1 and mask[2, 60] == 0
 
 
 @pytest.mark.parametrize("method", ["clip-es", "naclip"])

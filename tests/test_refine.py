@@ -8,6 +8,7 @@ import pytest
 from scipy.ndimage import gaussian_filter, shift
 
 from jaxseg.refinement import seeds
+from jaxseg.refinement.classifier import ClassifierConfig
 from jaxseg.refinement.config import RefineConfig
 from jaxseg.refinement import graphcut
 from jaxseg.imaging import resize_image, resize_maps
@@ -165,14 +166,36 @@ def test_otsu_rule_places_seeds_at_each_images_own_levels():
         RefineConfig(threshold_rule="mean")
 
 
-@pytest.mark.parametrize("field, value", [("long_side", 1), ("long_side", 15), ("max_cycles", 0),
-                                          ("pairwise_weight", -1.0), ("score_temperature", 0.0),
-                                          ("upsample_colour", float("nan"))])
+@pytest.mark.parametrize("field, value", [
+    ("long_side", 1), ("long_side", 15), ("max_cycles", 0), ("pairwise_weight", -1.0),
+    ("score_temperature", 0.0), ("upsample_colour", float("nan")),
+    # These gave an empty mask without an error, or failed deep in the compiled program.
+    ("fg_threshold", float("nan")), ("background_score", float("nan")),
+    ("smooth_spatial", float("inf")), ("prior_weight", float("inf")), ("background_margin", -0.1),
+    ("feature_dims", -1), ("max_cycles", 2.5), ("long_side", 17.5), ("seed", True),
+    ("move_margin", float("nan")), ("classifier", None)])
 def test_settings_outside_their_range_are_refused(field, value):
     # long_side 1 crashed the batched unaries program with a broadcasting error.
     with pytest.raises(ValueError, match=f"RefineConfig.{field} must be"):
         RefineConfig(**{field: value})
     RefineConfig(long_side=16, pairwise_weight=0.0, local_radius=0.0, move_margin=0.0)
+
+
+def test_numbers_are_stored_as_their_fields_types():
+    # An int weight or a numpy integer size keeps the config equal to, and printed like, the
+    # one written with the field's own type (levels.json's settings digest reads the repr).
+    config = RefineConfig(pairwise_weight=12, long_side=np.int64(192), move_margin=float("inf"))
+    assert repr(config) == repr(RefineConfig(move_margin=float("inf")))
+    assert type(config.long_side) is int and type(config.pairwise_weight) is float
+
+
+@pytest.mark.parametrize("field, value", [("num_samples", 0), ("class_bucket", 0), ("steps", -5),
+                                          ("hidden_size", 3.0), ("learning_rate", float("nan")),
+                                          ("learning_rate", 0.0), ("class_balance", 2.0)])
+def test_classifier_settings_outside_their_range_are_refused(field, value):
+    # Each crashed the compiled fit (gather, division, MLIR type) or trained to NaN.
+    with pytest.raises(ValueError, match=f"ClassifierConfig.{field} must be"):
+        ClassifierConfig(**{field: value})
 
 
 def test_dataset_rule_needs_calibrated_levels_and_keeps_them_hashable():

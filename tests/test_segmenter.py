@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import jaxseg
+from jaxseg.config import PromptConfig
 from jaxseg.imaging import as_rgb_uint8
 from jaxseg.labels.prompts import clean_labels
 from jaxseg.segmenter import segment_batch
@@ -30,6 +31,63 @@ def test_clean_labels_drops_empty_and_repeated_names():
         clean_labels("cat,sofa")
     with pytest.raises(ValueError, match="list of names or 'auto', got None"):
         clean_labels(None)  # was a bare TypeError from jaxseg.segment(clip, image, None)
+
+
+def test_aliases_of_one_class_are_dropped_with_a_warning_that_names_the_first():
+    with pytest.warns(UserWarning,
+                      match="ignoring label 'sofa': it names the same class as 'couch'"):
+        assert clean_labels(["couch", "sofa", "tv"]) == ["couch", "tv"]
+    with pytest.warns(UserWarning, match="ignoring repeated label 'Couch'"):
+        assert clean_labels(["couch", "Couch"]) == ["couch"]  # the same name in another case
+
+
+def test_configs_given_lists_stay_hashable_and_stage_configs_are_type_checked():
+    # Lists used to be accepted and fail later, far from their cause, as unhashable jit keys.
+    config = jaxseg.SegmentConfig(
+        tta=jaxseg.TTAConfig(scales=[1.0, 0.6]),
+        relevance=jaxseg.RelevanceConfig(method=["chefer", "naclip"], weights=[1, 2]),
+        prompts=PromptConfig(templates=["a photo of a {}."], background=["sky"]))
+    assert hash(config) == hash(jaxseg.SegmentConfig(
+        tta=jaxseg.TTAConfig(scales=(1.0, 0.6)),
+        relevance=jaxseg.RelevanceConfig(method=("chefer", "naclip"), weights=(1.0, 2.0)),
+        prompts=PromptConfig(templates=("a photo of a {}.",), background=("sky",))))
+    with pytest.raises(ValueError, match="PromptConfig.templates must be a sequence of strings"):
+        PromptConfig(templates="a photo of a {}.")
+    with pytest.raises(ValueError,
+                       match="SegmentConfig.relevance must be a RelevanceConfig, got 'naclip'"):
+        jaxseg.SegmentConfig(relevance="naclip")
+    with pytest.raises(ValueError, match="SegmentConfig.refine must be a RefineConfig, got None"):
+        jaxseg.SegmentConfig(refine=None)
+
+
+def test_one_label_entry_per_image_or_an_error(tiny_clip):
+    # zip() used to drop the images without labels silently.
+    segmenter = jaxseg.Segmenter(tiny_clip, CONFIG)
+    image = two_region_image()
+    with pytest.raises(ValueError, match="got 2 label entries for 3 image"):
+        segmenter.segment_batch([image, image, image], [["red thing"], ["blue thing"]])
+    with pytest.raises(ValueError, match="got 2 label entries for 1 image"):
+        segmenter.segment_batch([image], [["red thing"], ["blue thing"]])
+    with pytest.raises(ValueError, match="got 1 label entries for 2 image"):
+        segmenter.dispatch([image, image], [["red thing"]])  # the dataset runner's entry
+    with pytest.raises(ValueError, match="got a string for 1 image"):
+        segmenter.segment_batch([image], "auto")
+    assert segmenter.segment_batch([], []) == []
+
+
+def test_one_text_is_one_text_and_empty_batches_give_empty_outputs(tiny_clip):
+    # A string was tokenised (and embedded) character by character; an empty batch of texts
+    # or images failed with a ZeroDivisionError.
+    np.testing.assert_array_equal(tiny_clip.tokenize("a dog"), tiny_clip.tokenize(["a dog"]))
+    with pytest.raises(ValueError, match="labels must be a list of strings, got the string"):
+        jaxseg.class_embeddings(tiny_clip, "cat", ["a {}."])
+    width = tiny_clip.config.projection_dim
+    assert tiny_clip.encode_prompts([]).shape == (0, width)
+    assert tiny_clip.encode_image(np.zeros((0, 32, 32, 3), np.float32)).shape == (0, width)
+    texts = np.ones((2, width), np.float32)
+    no_image = jaxseg.relevance(tiny_clip, np.zeros((0, 32, 32, 3), np.float32), texts)
+    no_class = jaxseg.relevance(tiny_clip, np.zeros((1, 32, 32, 3), np.float32), texts[:0])
+    assert no_image.shape == (0, 2, 4, 4) and no_class.shape == (1, 0, 4, 4)
 
 
 def test_image_kinds_are_converted():

@@ -216,7 +216,7 @@ def test_prepare_canvas_fits_long_side_and_replicates_edges():
 @pytest.mark.parametrize("bad", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float32),
                                  np.zeros((0, 8, 3), np.uint8)])
 def test_prepare_canvas_rejects_bad_images(bad):
-    with pytest.raises(ValueError, match="prepare_canvas"):
+    with pytest.raises(ValueError, match="TTA views need a non-empty uint8 .*as_rgb_uint8"):
         tta.prepare_canvas(bad, CONFIG)
 
 

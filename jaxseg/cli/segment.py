@@ -40,9 +40,10 @@ palette, CMYK and 16-bit converted to RGB, 16-bit values scaled by 65535; transp
 white), from 1 px up to 8192 x 8192 px.
 
 Labels: commas separate names; surrounding spaces are stripped, empty names and repeats
-(same name up to case, spacing and VOC/COCO spelling) are dropped with a warning; an image
-left with no label is all background. A label whose prompt would not fit CLIP's 77-token
-context is cut to its longest fitting word prefix (with a warning).
+(same name up to case, spacing and VOC/COCO spelling: ``sofa`` after ``couch``) are
+dropped with a warning; an image left with no label is all background. A label whose
+prompt would not fit CLIP's 77-token context is cut to its longest fitting word prefix
+(with a warning).
 
 Runs are resumable: every file is written under a temporary name and renamed, the JSON last,
 and an image whose outputs all exist is skipped (``--overwrite`` redoes it). Unreadable

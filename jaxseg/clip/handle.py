@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -43,9 +43,10 @@ class CLIP:
                 function, config=self.config, dtype=self.dtype, **static))
         return self._programs[key]
 
-    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> ``np.int32 [N, 77]`` token ids (padded/truncated, EOT kept)."""
-        return self.tokenizer(list(texts), context_length=self.config.text.max_position_embeddings)
+    def tokenize(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
+        """Texts (or one text) -> ``np.int32 [N, 77]`` token ids (padded/truncated, EOT kept)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.tokenizer(texts, context_length=self.config.text.max_position_embeddings)
 
     def encode_image(self, pixel_values) -> jax.Array:
         """``[B, S, S, 3]`` CLIP-normalised pixels -> ``[B, P]`` projected embeddings.
@@ -55,14 +56,19 @@ class CLIP:
         """
         pixel_values = jnp.asarray(pixel_values)
         check_pixel_values(pixel_values.shape, self.config.vision.patch_size, "encode_image")
+        if pixel_values.shape[0] == 0:  # the compiled program cannot take an empty batch
+            return jnp.zeros((0, self.config.projection_dim), self.dtype)
         return self.compiled(clip_model.encode_image)(self.params, pixel_values)
 
     def encode_text(self, input_ids) -> jax.Array:
         """``[N, T]`` token ids (from ``tokenize``) -> ``[N, P]`` projected embeddings."""
-        return self.compiled(clip_model.encode_text)(self.params, jnp.asarray(input_ids, jnp.int32))
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        if input_ids.shape[0] == 0:  # the compiled program cannot take an empty batch
+            return jnp.zeros((0, self.config.projection_dim), self.dtype)
+        return self.compiled(clip_model.encode_text)(self.params, input_ids)
 
     def encode_prompts(self, texts: Sequence[str]) -> jax.Array:
-        """Shorthand for ``encode_text(tokenize(texts))``."""
+        """Shorthand for ``encode_text(tokenize(texts))``: ``[N, P]``."""
         return self.encode_text(self.tokenize(texts))
 
 

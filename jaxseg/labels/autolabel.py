@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg.checks import check_numbers
 from jaxseg.clip.model import encode_image
 from jaxseg.labels.presets import DEFAULT_TEMPLATES
 from jaxseg.labels.prompts import class_embeddings
@@ -61,6 +62,7 @@ class AutoLabelConfig:
     top_k: int = 4
 
     def __post_init__(self):
+        check_numbers(self)
         if (not 0.0 <= self.threshold <= 1.0 or not 0.0 <= self.min_share <= 1.0
                 or self.top_k < 0):
             raise ValueError(f"AutoLabelConfig needs threshold and min_share in [0, 1] and "

@@ -17,26 +17,32 @@ from jaxseg.labels.vocab import normalize_class_name
 
 
 def clean_labels(labels: Sequence[str]) -> list[str]:
-    """Strips labels, drops empty ones and repeats (same normalised name), keeping order.
+    """Strips labels, drops empty ones and repeats, keeping order.
 
-    A repeated label would split one class's pixels between two indices, and an
-    empty one has no meaning for CLIP, so both are dropped with a warning.
+    A repeat is a label with the normalised name of an earlier one
+    (:func:`jaxseg.labels.vocab.normalize_class_name`): the same name in another case or
+    spacing, or an alias of the same VOC/COCO class ("sofa" after "couch", "tv" after
+    "tvmonitor"). A repeat would split one class's pixels between two indices, and an
+    empty label has no meaning for CLIP, so both are dropped with a warning.
     """
     if isinstance(labels, str):
         raise ValueError(f"labels must be a list of names or 'auto', got the string {labels!r}")
     if not isinstance(labels, Iterable):
         raise ValueError(f"labels must be a list of names or 'auto', got {labels!r}")
-    kept, seen = [], set()
+    kept, first = [], {}
     for label in labels:
         text = " ".join(str(label).split())
         key = normalize_class_name(text) if text else ""
         if not key:
             warnings.warn(f"ignoring empty label {label!r}", stacklevel=3)
-        elif key in seen:
+        elif key in first and first[key].casefold() == text.casefold():
             warnings.warn(f"ignoring repeated label {text!r}", stacklevel=3)
+        elif key in first:
+            warnings.warn(f"ignoring label {text!r}: it names the same class as {first[key]!r} "
+                          f"(jaxseg.labels.vocab.normalize_class_name)", stacklevel=3)
         else:
             kept.append(text)
-            seen.add(key)
+            first[key] = text
     return kept
 
 
@@ -86,6 +92,10 @@ def class_embeddings(clip, labels: Sequence[str], templates: Sequence[str]) -> n
     unit embeddings are averaged and the mean is renormalised (CLIP's zero-shot
     recipe).
     """
+    for name, value in (("labels", labels), ("templates", templates)):
+        if isinstance(value, str):  # iterating it would embed each character
+            raise ValueError(f"class_embeddings: {name} must be a list of strings, got the "
+                             f"string {value!r}")
     if not labels:
         return np.zeros((0, clip.config.projection_dim), np.float32)
     prompts = [template.format(label) for label in labels for template in templates]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Union
 
+from jaxseg.checks import check_numbers, store_tuple
+
 # Each method's settings and their defaults; a setting given for no method of the config
 # is an error (it would silently do nothing).
 METHOD_SETTINGS: dict[str, dict[str, object]] = {
@@ -52,6 +54,9 @@ class RelevanceConfig:
     sigma: Optional[float] = None
 
     def __post_init__(self):
+        store_tuple(self, "method", "str")
+        store_tuple(self, "weights", "float")
+        check_numbers(self)
         methods = self.methods
         unknown = [m for m in methods if m not in METHOD_SETTINGS]
         if unknown or not methods or len(set(methods)) != len(methods):
@@ -71,8 +76,9 @@ class RelevanceConfig:
         if self.box_threshold is not None and not 0.0 <= self.box_threshold < 1.0:
             raise ValueError(f"RelevanceConfig.box_threshold must be in [0, 1), got "
                              f"{self.box_threshold}")
-        if self.sigma is not None and self.sigma <= 0:
-            raise ValueError(f"RelevanceConfig.sigma must be > 0, got {self.sigma}")
+        for name in ("sigma", "gradient_budget_mb"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"RelevanceConfig.{name} must be > 0, got {getattr(self, name)}")
 
     @property
     def methods(self) -> tuple[str, ...]:

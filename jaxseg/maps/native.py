@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxseg.checks import check_numbers
 from jaxseg.clip.config import CLIPConfig
 from jaxseg.clip.preprocess import normalize
 from jaxseg.clip.vision import bilinear_matrix, traced_bilinear_matrix
@@ -61,6 +62,7 @@ class NativeConfig:
     canvas_bucket: int = 128
 
     def __post_init__(self):
+        check_numbers(self)
         if self.resize not in ("ceil", "short_side"):
             raise ValueError(f"NativeConfig.resize must be 'ceil' or 'short_side', got "
                              f"{self.resize!r}")

@@ -38,12 +38,28 @@ def resolve_config(config: Optional[RelevanceConfig], start_layer: Optional[int]
     return config
 
 
-def _check(clip, text_embeds: np.ndarray, relevance: RelevanceConfig, caller: str) -> None:
+def _check(clip, text_embeds: jax.Array, background_embeds, relevance: RelevanceConfig,
+           caller: str) -> Optional[jax.Array]:
+    """Raises ValueError for embeddings the method cannot take; returns the background
+    embeddings as float32 ``[M, P]`` (None for methods that take none)."""
     if text_embeds.ndim != 2 or text_embeds.shape[1] != clip.config.projection_dim:
         raise ValueError(f"{caller} expects text_embeds [K, {clip.config.projection_dim}], "
                          f"got {tuple(text_embeds.shape)}")
     if relevance.method == "chefer":
         resolve_start_layer(relevance.setting("start_layer"), clip.config.vision.num_hidden_layers)
+    if not relevance.needs_background:
+        if background_embeds is not None:
+            raise ValueError(f"{caller}: background_embeds mean nothing for method "
+                             f"{relevance.method!r}; leave them out")
+        return None
+    if background_embeds is None:
+        raise ValueError(f"{caller}: clip-es needs background_embeds [M, P]: the embeddings of "
+                         f"its background names (jaxseg.labels.presets.CLIP_ES_VOC_BACKGROUND)")
+    background_embeds = jnp.asarray(background_embeds, jnp.float32)
+    if background_embeds.ndim != 2 or background_embeds.shape[1] != text_embeds.shape[1]:
+        raise ValueError(f"{caller} expects background_embeds [M, {text_embeds.shape[1]}], "
+                         f"got {tuple(background_embeds.shape)}")
+    return background_embeds
 
 
 def relevance(clip, pixel_values, text_embeds, start_layer: Optional[int] = None,
@@ -71,17 +87,12 @@ def relevance(clip, pixel_values, text_embeds, start_layer: Optional[int] = None
     pixel_values = jnp.asarray(pixel_values, jnp.float32)
     text_embeds = jnp.asarray(text_embeds)
     check_pixel_values(pixel_values.shape, clip.config.vision.patch_size, "relevance")
-    _check(clip, text_embeds, relevance_config, "relevance")
-    if relevance_config.needs_background:
-        if background_embeds is None:
-            raise ValueError("clip-es needs background_embeds [M, P]: the embeddings of its "
-                             "background names (jaxseg.labels.presets.CLIP_ES_VOC_BACKGROUND)")
-        background_embeds = jnp.asarray(background_embeds, jnp.float32)
-        if background_embeds.ndim != 2 or background_embeds.shape[1] != text_embeds.shape[1]:
-            raise ValueError(f"relevance expects background_embeds [M, {text_embeds.shape[1]}], "
-                             f"got {tuple(background_embeds.shape)}")
-    elif background_embeds is not None:
-        raise ValueError(f"background_embeds mean nothing for method {relevance_config.method!r}")
+    background_embeds = _check(clip, text_embeds, background_embeds, relevance_config,
+                               "relevance")
+    batch, height, width = pixel_values.shape[:3]
+    if batch == 0 or len(text_embeds) == 0:  # no image or no class: the programs need both
+        patch = clip.config.vision.patch_size
+        return jnp.zeros((batch, len(text_embeds), height // patch, width // patch), jnp.float32)
     return clip.compiled(_maps_only, relevance=relevance_config)(
         clip.params, pixel_values, text_embeds, background_embeds)
 
@@ -104,14 +115,11 @@ def relevance_tta(clip, image: np.ndarray, text_embeds, tta: TTAConfig = TTAConf
     """
     relevance_config = resolve_config(config, start_layer, softmax)
     text_embeds = np.asarray(text_embeds, np.float32)
-    _check(clip, text_embeds, relevance_config, "relevance_tta")
+    background = _check(clip, text_embeds, background_embeds, relevance_config, "relevance_tta")
     if len(text_embeds) == 0:
         return np.zeros((0,) + np.asarray(image).shape[:2], np.float32)
-    background = np.zeros((0, text_embeds.shape[1]), np.float32)
-    if relevance_config.needs_background:
-        if background_embeds is None:
-            raise ValueError("clip-es needs background_embeds [M, P]")
-        background = np.asarray(background_embeds, np.float32)
+    if background is None:
+        background = np.zeros((0, text_embeds.shape[1]), np.float32)
     (canvases, content_hw), content = batch_lib.pack_tta([image], tta, 1)
     owner = np.arange(1, len(text_embeds) + 1, dtype=np.int32)
     queries, owners = batch_lib.pack_queries([text_embeds], [owner], 1,

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg.checks import check_numbers, store_tuple
+
 
 @dataclasses.dataclass(frozen=True)
 class ScoreConfig:
@@ -49,10 +51,13 @@ class ScoreConfig:
     pamr_dilations: tuple[int, ...] = (8, 16)
 
     def __post_init__(self):
+        check_numbers(self)
+        store_tuple(self, "pamr_dilations", "int")
         if self.rule not in ("minmax", "softmax"):
             raise ValueError(f"ScoreConfig.rule must be 'minmax' or 'softmax', got {self.rule!r}")
-        if self.pamr_steps < 0 or not self.pamr_dilations:
-            raise ValueError("ScoreConfig.pamr_steps must be >= 0 with at least one dilation")
+        if self.pamr_steps < 0 or not self.pamr_dilations or min(self.pamr_dilations) < 1:
+            raise ValueError(f"ScoreConfig.pamr_steps must be >= 0 with at least one dilation "
+                             f">= 1, got {self.pamr_steps} and {self.pamr_dilations}")
 
 
 def score_maps(maps: jax.Array, owner: jax.Array, num_labels: int,

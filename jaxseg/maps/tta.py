@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxseg.checks import check_numbers, store_tuple
 from jaxseg.clip.preprocess import normalize
 from jaxseg.imaging import resize_image, resize_maps
 
@@ -79,6 +80,8 @@ class TTAConfig:
     feather: float = 0.2
 
     def __post_init__(self):
+        check_numbers(self)
+        store_tuple(self, "scales", "float")
         if self.input_size < 1 or self.canvas_size < 1:
             raise ValueError(
                 f"TTAConfig sizes must be positive, got input_size={self.input_size}, "
@@ -137,8 +140,9 @@ def prepare_canvas(image: np.ndarray, config: TTAConfig) -> tuple[np.ndarray, tu
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-        raise ValueError(f"prepare_canvas expects a non-empty uint8 [H, W, 3] RGB image, got "
-                         f"{image.dtype} {image.shape}")
+        raise ValueError(f"TTA views need a non-empty uint8 [H, W, 3] RGB image, got "
+                         f"{image.dtype} {image.shape}; convert it with "
+                         f"jaxseg.imaging.as_rgb_uint8 (as jaxseg.segment does)")
     side = config.canvas_size
     height, width = image.shape[:2]
     ratio = side / max(height, width)

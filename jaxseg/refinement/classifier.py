@@ -12,6 +12,7 @@ imports another part of jaxseg.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +47,26 @@ class ClassifierConfig:
     num_fourier: int = 64
     class_balance: float = 0.0
     class_bucket: int = 8
+
+    def __post_init__(self):
+        # Values outside these crash the compiled fit deep inside XLA or train to NaN,
+        # which the graph cut would turn into an empty mask (steps 0: the initial network;
+        # num_fourier 0: no Fourier map). Like jaxseg.checks, which this module may not import.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if field.type == "int":
+                low = 0 if field.name in ("steps", "num_fourier") else 1
+                if not (number and isinstance(value, numbers.Integral) and value >= low):
+                    raise ValueError(f"ClassifierConfig.{field.name} must be an integer >= {low}, "
+                                     f"got {value!r}")
+                object.__setattr__(self, field.name, int(value))
+            else:
+                share = field.name == "class_balance"
+                if not (number and np.isfinite(value) and (0 <= value <= 1 if share else value > 0)):
+                    raise ValueError(f"ClassifierConfig.{field.name} must be a finite number "
+                                     f"{'in [0, 1]' if share else '> 0'}, got {value!r}")
+                object.__setattr__(self, field.name, float(value))
 
 
 def _init_params(key: jax.Array, input_dim: int, fourier_columns: int, num_outputs: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxseg.checks import check_numbers
 from jaxseg.refinement.classifier import ClassifierConfig
 
 
@@ -13,6 +14,7 @@ from jaxseg.refinement.classifier import ClassifierConfig
 # next to nothing to work on (a long side of 1 crashed the batched program).
 _BOUNDS = (("long_side", 16, False), ("max_cycles", 1, False), ("pairwise_weight", 0, False),
            ("prior_weight", 0, False), ("smooth_spatial", 0, False), ("local_radius", 0, False),
+           ("background_margin", 0, False), ("feature_dims", 0, False),
            ("local_sigma", 0, False), ("move_margin", 0, False), ("score_temperature", 0, True),
            ("colour_bandwidth", 0, True), ("smooth_colour", 0, True),
            ("local_colour_range", 0, True), ("upsample_colour", 0, True))
@@ -133,6 +135,11 @@ class RefineConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if not isinstance(self.classifier, ClassifierConfig):
+            raise ValueError(f"RefineConfig.classifier must be a ClassifierConfig, got "
+                             f"{self.classifier!r}")
+        # move_margin's inf means exact moves.
+        check_numbers(self, allow_inf=("move_margin",))
         if self.threshold_rule not in ("otsu", "dataset", "fixed"):
             raise ValueError(f"RefineConfig.threshold_rule must be 'otsu', 'dataset' or 'fixed', "
                              f"got {self.threshold_rule!r}")

@@ -15,6 +15,8 @@ import dataclasses
 
 import numpy as np
 
+from jaxseg.checks import check_numbers
+
 # CLIP-ES subtracts Caffe's ImageNet mean from the BGR image before the CRF.
 _BGR_MEAN = np.array([104.008, 116.669, 122.675], np.float32)
 
@@ -37,6 +39,11 @@ class CRFConfig:
     bilateral_srgb: float = 3.0
     bilateral_compat: float = 4.0
     clip_es_image: bool = False
+
+    def __post_init__(self):
+        check_numbers(self)
+        if min(self.iterations, self.gaussian_sxy, self.bilateral_sxy, self.bilateral_srgb) <= 0:
+            raise ValueError(f"CRFConfig needs iterations and kernel widths > 0, got {self}")
 
 
 def clip_es_image(image: np.ndarray) -> np.ndarray:
@@ -75,8 +82,9 @@ def dense_crf(image: np.ndarray, scores: np.ndarray, background: np.ndarray,
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probabilities), np.float32))
     crf.addPairwiseGaussian(sxy=config.gaussian_sxy, compat=config.gaussian_compat)
     rgb = clip_es_image(image) if config.clip_es_image else image
+    # pydensecrf takes a writable buffer: images decoded by PIL (np.asarray) are read-only.
     crf.addPairwiseBilateral(sxy=config.bilateral_sxy, srgb=config.bilateral_srgb,
-                             rgbim=np.ascontiguousarray(rgb, np.uint8),
+                             rgbim=np.require(rgb, np.uint8, ["C", "W"]),
                              compat=config.bilateral_compat)
     q = np.asarray(crf.inference(config.iterations)).reshape(labels, height, width)
     return q.argmax(axis=0).astype(np.int32)

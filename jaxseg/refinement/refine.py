@@ -57,7 +57,8 @@ def validate_inputs(image: np.ndarray, scores: np.ndarray, features: np.ndarray 
     ``[H, W, 3]``, ``scores`` float ``[K, H, W]`` of the same (H, W) and ``features`` None
     or float ``[h, w, C]``, all finite."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"{caller}: image must be uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+        raise ValueError(f"{caller}: image must be uint8 [H, W, 3] RGB, got {image.dtype} "
+                         f"{image.shape}; convert it with jaxseg.imaging.as_rgb_uint8")
     if scores.ndim != 3 or scores.shape[1:] != image.shape[:2]:
         raise ValueError(f"{caller}: scores must be float [K, H, W] with (H, W) = {image.shape[:2]} "
                          f"of the image, got {scores.shape}")
