@@ -18,9 +18,11 @@ from typing import Callable, Iterable
 
 def _base_type(field: dataclasses.Field) -> tuple[str, bool]:
     """(type name, whether None is allowed) of a field annotated ``int``, ``float`` or
-    ``Optional[...]`` of them (annotations are strings under ``from __future__ import
-    annotations``)."""
-    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    ``Optional[...]`` of them, read from its annotation's text."""
+    kind = field.type
+    if not isinstance(kind, str):  # a typing object would be skipped without a word
+        raise TypeError(f"jaxseg.checks reads annotations as text; the module defining "
+                        f"{field.name!r} needs `from __future__ import annotations`")
     optional = kind.startswith("Optional[")
     return (kind[len("Optional["):-1] if optional else kind), optional
 
